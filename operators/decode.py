@@ -1,0 +1,426 @@
+"""Decode and validate a batch of raw records into touches or rejections.
+
+The first step after the sources: each raw record (a JSON line, a MessagePack
+map, a CSV row or a CDNOW row, with its position in the input) becomes a
+:class:`~operators.events.Touch` for the key-group actor, or a
+:class:`Rejection` with a reason a person can act on. Records after the
+as-of time are counted here and go no further. Nothing raises: a bad record
+never stops the dataflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from operators.events import (
+    CHANNEL_CODES,
+    CHANNELS,
+    DIRECTIONS,
+    KIND_CODES,
+    KINDS,
+    MAX_TS_MS,
+    MIN_TS_MS,
+    Event,
+    Touch,
+)
+
+Format = Literal["jsonl", "msgpack", "csv", "cdnow"]
+FORMATS: tuple[Format, ...] = ("jsonl", "msgpack", "csv", "cdnow")
+
+DAY_MS = 86_400_000
+EXCERPT_CHARS = 80
+VALUE_CHARS = 40
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_ENUMS = {"channel": CHANNELS, "kind": KINDS, "direction": DIRECTIONS}
+_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_KEY = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+class Rejection(msgspec.Struct, gc=False):
+    """A record that cannot be applied, with where it was and why."""
+
+    position: int
+    code: str
+    reason: str
+    event_id: str | None = None
+    excerpt: str | None = None
+
+
+class TenantRule(msgspec.Struct, frozen=True):
+    """What decoding needs to know of a tenant."""
+
+    currency: str = "USD"
+    time_zone: str = "UTC"
+    rates: dict[str, float] = {}
+    as_of_ms: int | None = None
+
+
+class CsvLayout(msgspec.Struct, frozen=True):
+    """How CSV columns become event fields.
+
+    ``header`` is the file's header row; ``columns`` maps an event field to a
+    column name, ``constants`` gives fixed values for fields the file lacks,
+    ``attributes`` maps an attribute key to a column name.
+    """
+
+    header: tuple[str, ...]
+    columns: dict[str, str] = {}
+    constants: dict[str, str] = {}
+    attributes: dict[str, str] = {}
+
+
+class DecodeSettings(msgspec.Struct, frozen=True):
+    """Settings of the decode step; :meth:`build` makes the running logic."""
+
+    format: Format
+    input_name: str
+    default_tenant: str = "default"
+    tenant_defaults: TenantRule = TenantRule()
+    tenants: dict[str, TenantRule] = {}
+    max_record_bytes: int = 65_536
+    csv: CsvLayout | None = None
+
+    def build(self) -> Decoder:
+        return Decoder(self)
+
+
+class DecodedBatch(msgspec.Struct, gc=False):
+    """What one raw batch became."""
+
+    touches: list[Touch]
+    rejections: list[Rejection]
+    after_as_of: int
+    max_ts_ms: int
+
+
+class Decoder:
+    """Turns raw records of one input format into touches and rejections."""
+
+    def __init__(self, settings: DecodeSettings) -> None:
+        self.settings = settings
+        self._json = msgspec.json.Decoder(Event)
+        self._msgpack = msgspec.msgpack.Decoder(Event)
+        self._canonical = msgspec.msgpack.Encoder(order="deterministic")
+        self._zones: dict[str, ZoneInfo | None] = {}
+        self._parse = {
+            "jsonl": self._parse_json,
+            "msgpack": self._parse_msgpack,
+            "csv": self._parse_csv,
+            "cdnow": self._parse_cdnow,
+        }[settings.format]
+        if settings.format == "csv":
+            if settings.csv is None:
+                msg = "the csv format needs a CsvLayout"
+                raise ValueError(msg)
+            self._csv_fields = _csv_fields(settings.csv)
+
+    def decode_batch(self, records: Sequence[tuple[int, bytes]]) -> DecodedBatch:
+        """Decode records given as (position, raw bytes), in order."""
+        touches: list[Touch] = []
+        rejections: list[Rejection] = []
+        after_as_of = 0
+        max_ts_ms = -1
+        limit = self.settings.max_record_bytes
+
+        for position, raw in records:
+            if len(raw) > limit:
+                reason = (
+                    f"record is {len(raw)} bytes, over the limit of {limit} "
+                    "bytes (max_record_bytes)"
+                )
+                rejections.append(
+                    Rejection(position, "too_large", reason, None, self._excerpt(raw))
+                )
+                continue
+            result = self._decode_one(position, raw)
+            if isinstance(result, Rejection):
+                rejections.append(result)
+                continue
+            touch, as_of_ms = result
+            if touch.ts_ms > max_ts_ms:
+                max_ts_ms = touch.ts_ms
+            if as_of_ms is not None and touch.ts_ms > as_of_ms:
+                after_as_of += 1
+                continue
+            touches.append(touch)
+        return DecodedBatch(touches, rejections, after_as_of, max_ts_ms)
+
+    def sort_key(self, position: int, raw: bytes) -> tuple[int, str, str] | None:
+        """Return (event time in ms, tenant, customer) for ordering, if valid."""
+        if len(raw) > self.settings.max_record_bytes:
+            return None
+        try:
+            event = self._parse(position, raw)
+        except (msgspec.ValidationError, msgspec.DecodeError, _RowError):
+            return None
+        ts = event.ts
+        ts_ms = ts if isinstance(ts, int) else (ts - _EPOCH) // _MS
+        return ts_ms, event.tenant, event.customer_id
+
+    def _decode_one(
+        self, position: int, raw: bytes
+    ) -> Rejection | tuple[Touch, int | None]:
+        try:
+            event = self._parse(position, raw)
+        except msgspec.ValidationError as ex:
+            code, reason = _explain_validation(str(ex), raw, self.settings.format)
+            return Rejection(position, code, reason, None, self._excerpt(raw))
+        except msgspec.DecodeError as ex:
+            reason = f"malformed {self.settings.format} record: {ex}"
+            return Rejection(position, "malformed", reason, None, self._excerpt(raw))
+        except _RowError as ex:
+            return Rejection(position, ex.code, ex.reason, None, self._excerpt(raw))
+        return self._normalise(position, raw, event)
+
+    def _normalise(
+        self, position: int, raw: bytes, event: Event
+    ) -> Rejection | tuple[Touch, int | None]:
+        def reject(code: str, reason: str) -> Rejection:
+            return Rejection(position, code, reason, event.event_id, self._excerpt(raw))
+
+        ts = event.ts
+        ts_ms = ts if isinstance(ts, int) else (ts - _EPOCH) // _MS
+        if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
+            shown = ts if isinstance(ts, int) else ts.isoformat()
+            return reject(
+                "ts_out_of_range",
+                "expected `ts` from 1970-01-01 up to 2100-01-01 (RFC 3339 "
+                f"with an offset, or epoch milliseconds) - got {shown}",
+            )
+
+        rule = self.settings.tenants.get(event.tenant, self.settings.tenant_defaults)
+        amount = event.amount
+        if amount is None:
+            if event.kind in ("order", "refund"):
+                return reject(
+                    "missing_field",
+                    f"expected `amount` on a `{event.kind}` event - got none",
+                )
+            amount = 0.0
+        elif event.currency is not None and event.currency != rule.currency:
+            rate = rule.rates.get(event.currency)
+            if rate is None:
+                return reject(
+                    "currency",
+                    f"expected `currency` {rule.currency} for tenant "
+                    f"`{event.tenant}`, or one with a rate in its configuration "
+                    f"- got {event.currency}",
+                )
+            amount = amount * rate
+        score = -1 if event.score is None else event.score
+        if event.kind == "nps" and score < 0:
+            return reject(
+                "missing_field", "expected `score` (0 to 10) on an `nps` event - got none"
+            )
+
+        canonical = msgspec.structs.replace(event, ts=ts_ms)
+        digest = int.from_bytes(
+            hashlib.blake2b(self._canonical.encode(canonical), digest_size=8).digest()
+        )
+        touch = Touch(
+            position,
+            ts_ms,
+            self._day(ts_ms, rule.time_zone),
+            event.tenant,
+            event.customer_id,
+            event.source,
+            event.event_id,
+            digest,
+            CHANNEL_CODES[event.channel],
+            KIND_CODES[event.kind],
+            event.direction == "inbound",
+            amount,
+            event.segment,
+            score,
+        )
+        return touch, rule.as_of_ms
+
+    def _day(self, ts_ms: int, time_zone: str) -> int:
+        if time_zone == "UTC":
+            return ts_ms // DAY_MS
+        zone = self._zones.get(time_zone)
+        if zone is None:
+            zone = self._zones[time_zone] = ZoneInfo(time_zone)
+        local = datetime.fromtimestamp(ts_ms / 1000, zone)
+        return local.date().toordinal() - _EPOCH.date().toordinal()
+
+    def _excerpt(self, raw: bytes) -> str | None:
+        if self.settings.format == "msgpack":
+            return None
+        text = raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace").strip()
+        if len(text) > EXCERPT_CHARS:
+            return text[:EXCERPT_CHARS] + "..."
+        return text
+
+    # Format parsers: raw bytes to Event, raising msgspec errors or _RowError.
+
+    def _parse_json(self, position: int, raw: bytes) -> Event:
+        return self._json.decode(raw)
+
+    def _parse_msgpack(self, position: int, raw: bytes) -> Event:
+        return self._msgpack.decode(raw)
+
+    def _parse_csv(self, position: int, raw: bytes) -> Event:
+        row = msgspec.msgpack.decode(raw, type=list[str])
+        fields: dict[str, Any] = {}
+        attributes: dict[str, str] = {}
+        layout = self.settings.csv
+        assert layout is not None
+        if len(row) != len(layout.header):
+            msg = (
+                f"expected {len(layout.header)} columns as in the header - "
+                f"got {len(row)}"
+            )
+            raise _RowError("invalid_row", msg)
+        for index, target in self._csv_fields:
+            value = row[index]
+            if value == "":
+                continue
+            if isinstance(target, tuple):
+                attributes[target[1]] = value
+            else:
+                fields[target] = value
+        for name, value in layout.constants.items():
+            fields.setdefault(name, value)
+        if attributes:
+            fields["attributes"] = attributes
+        fields.setdefault("tenant", self.settings.default_tenant)
+        fields.setdefault("event_id", f"{self.settings.input_name}:{position}")
+        if isinstance(fields.get("ts"), str) and fields["ts"].isdigit():
+            fields["ts"] = int(fields["ts"])
+        return msgspec.convert(fields, Event, strict=False)
+
+    def _parse_cdnow(self, position: int, raw: bytes) -> Event:
+        parts = raw.split()
+        if len(parts) not in (4, 5):
+            msg = (
+                "expected 4 columns (customer_id date number_of_cds "
+                "dollar_value) or 5 (with id_in_sample) - "
+                f"got {len(parts)}"
+            )
+            raise _RowError("invalid_row", msg)
+        customer_id = parts[0].decode("ascii", "replace")
+        date, dollars = parts[-3], parts[-1]
+        try:
+            day = datetime.strptime(date.decode("ascii"), "%Y%m%d").replace(tzinfo=UTC)
+        except (UnicodeDecodeError, ValueError):
+            shown = date.decode("ascii", "replace")[:VALUE_CHARS]
+            msg = f"expected `date` as YYYYMMDD - got {shown!r}"
+            raise _RowError("invalid_field", msg) from None
+        try:
+            amount = float(dollars)
+        except ValueError:
+            shown = dollars.decode("ascii", "replace")[:VALUE_CHARS]
+            msg = f"expected `dollar_value` as a number - got {shown!r}"
+            raise _RowError("invalid_field", msg) from None
+        return msgspec.convert(
+            {
+                "event_id": f"{self.settings.input_name}:{position}",
+                "tenant": self.settings.default_tenant,
+                "customer_id": customer_id,
+                "source": "cdnow",
+                "channel": "store",
+                "kind": "order",
+                "direction": "inbound",
+                "ts": (day - _EPOCH) // _MS,
+                "amount": amount,
+            },
+            Event,
+        )
+
+
+class _RowError(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _csv_fields(layout: CsvLayout) -> list[tuple[int, str | tuple[str, str]]]:
+    """Pair each used column index with its event field or attribute key."""
+    index = {name: i for i, name in enumerate(layout.header)}
+    pairs: list[tuple[int, str | tuple[str, str]]] = []
+    mapped = set(layout.columns.values()) | set(layout.attributes.values())
+    for field, column in layout.columns.items():
+        pairs.append((index[column], field))
+    for key, column in layout.attributes.items():
+        pairs.append((index[column], ("attributes", key)))
+    for name, i in index.items():
+        if name not in mapped and name in Event.__struct_fields__:
+            if name not in layout.columns and name != "attributes":
+                pairs.append((i, name))
+    return sorted(pairs, key=lambda pair: pair[0])
+
+
+def _explain_validation(message: str, raw: bytes, fmt: Format) -> tuple[str, str]:
+    """Turn a msgspec validation message into a (code, reason) pair."""
+    match = _PATH.search(message)
+    path = match.group(1) if match else "$"
+    text = message[: match.start()] if match else message
+    field = path.rsplit(".", 1)[-1] if path != "$" else ""
+
+    if text.startswith("Object missing required field"):
+        return "missing_field", _lower_first(text)
+    if "unknown field" in text:
+        return "unknown_field", _lower_first(text) + "; the event contract is in the README"
+    got = _describe(_value_at(raw, path, fmt))
+    if text.startswith("Invalid enum value") and field in _ENUMS:
+        options = ", ".join(_ENUMS[field])
+        return "invalid_value", f"expected `{field}` to be one of {options} - got {got}"
+    where = f" at `{path}`" if path != "$" else ""
+    if ", got `" in text:
+        return "invalid_field", f"{_lower_first(text)}{where}"
+    return "invalid_field", f"{_lower_first(text)}{where} - got {got}"
+
+
+def _value_at(raw: bytes, path: str, fmt: Format) -> Any:
+    """Find the value at a msgspec error path in the raw record, if it can."""
+    try:
+        if fmt == "jsonl":
+            value: Any = msgspec.json.decode(raw)
+        elif fmt == "msgpack":
+            value = msgspec.msgpack.decode(raw)
+        else:
+            return _MISSING
+    except (msgspec.DecodeError, ValueError):
+        return _MISSING
+    for key, index in _KEY.findall(path):
+        try:
+            value = value[key] if key else value[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return value
+
+
+_MISSING = object()
+
+
+def _describe(value: Any) -> str:
+    """Describe a value briefly, never echoing a long one."""
+    if value is _MISSING:
+        return "a value of the wrong type"
+    if isinstance(value, str):
+        if len(value) > VALUE_CHARS:
+            return f"a string of {len(value)} characters"
+        return f'"{value}"'
+    if isinstance(value, bytes | bytearray):
+        return f"{len(value)} bytes"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} entries"
+    if isinstance(value, list):
+        return f"an array of {len(value)} items"
+    if value is None:
+        return "null"
+    return repr(value)[:VALUE_CHARS]
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]

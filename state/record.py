@@ -1,0 +1,95 @@
+"""The customer record as users see it: rows of the key-group table turned
+into the JSON objects of ``customers.jsonl``.
+
+A row is the plain tuple a table gives (``native/table.pyx``); its fields are
+:data:`ROW_FIELDS`. Times are epoch milliseconds inside, RFC 3339 in UTC with
+milliseconds outside.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from operators.events import CHANNELS
+
+DAY_MS = 86_400_000
+NO_TIME = -1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+ROW_FIELDS = (
+    "tenant",
+    "customer_id",
+    "segment",
+    "first_purchase_ms",
+    "last_purchase_ms",
+    "first_purchase_day",
+    "last_purchase_day",
+    "repeat_purchases",
+    "orders",
+    "late_orders",
+    "first_day_spend",
+    "repeat_spend",
+    "refund_total",
+    "last_inbound_ms",
+    "last_event_ms",
+    "last_touch_ms",
+    "inbound_touches",
+    "outbound_touches",
+    "open_tickets",
+    "complaints",
+    "last_nps",
+    "last_nps_ms",
+)
+
+
+def format_time(ts_ms: int) -> str | None:
+    """Format epoch milliseconds as RFC 3339 in UTC with milliseconds."""
+    if ts_ms == NO_TIME:
+        return None
+    moment = _EPOCH + timedelta(milliseconds=ts_ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+def _days(ms: int) -> float:
+    return round(ms / DAY_MS, 6)
+
+
+def customer_json(row: tuple[Any, ...], end_ms: int) -> dict[str, Any]:
+    """Return the public view of one customer, evaluated at `end_ms`."""
+    fields = dict(zip(ROW_FIELDS, row, strict=True))
+    first_ms = fields["first_purchase_ms"]
+    last_ms = fields["last_purchase_ms"]
+    bought = first_ms != NO_TIME
+    repeats = fields["repeat_purchases"]
+    channels = {
+        name: {
+            "last_touch_at": format_time(fields["last_touch_ms"][code]),
+            "inbound": fields["inbound_touches"][code],
+            "outbound": fields["outbound_touches"][code],
+        }
+        for code, name in enumerate(CHANNELS)
+        if fields["last_touch_ms"][code] != NO_TIME
+    }
+    return {
+        "tenant": fields["tenant"],
+        "customer_id": fields["customer_id"],
+        "segment": fields["segment"],
+        "repeat_purchases": repeats,
+        "first_purchase_at": format_time(first_ms),
+        "last_purchase_at": format_time(last_ms),
+        "recency_days": _days(last_ms - first_ms) if bought else None,
+        "age_days": _days(end_ms - first_ms) if bought else None,
+        "monetary_mean": fields["repeat_spend"] / repeats if repeats else None,
+        "total_spend": fields["first_day_spend"] + fields["repeat_spend"],
+        "orders": fields["orders"],
+        "late_orders": fields["late_orders"],
+        "refund_total": fields["refund_total"],
+        "last_inbound_at": format_time(fields["last_inbound_ms"]),
+        "last_event_at": format_time(fields["last_event_ms"]),
+        "open_tickets": fields["open_tickets"],
+        "complaints": fields["complaints"],
+        "last_nps": None if fields["last_nps"] < 0 else fields["last_nps"],
+        "channels": channels,
+        "evaluated_at": format_time(end_ms),
+    }

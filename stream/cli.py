@@ -1,0 +1,193 @@
+"""The ``touchstream`` command.
+
+Exit codes: 0 when the run completed (rejected records are normal), 1 when
+it failed, 2 on bad usage (an unknown option, a missing file, a wrong
+configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from operators.decode import FORMATS
+from stream.config import load_config, load_csv_map
+from stream.errors import RunError, UsageError
+from stream.replay import ReplayOptions, ReplaySummary, run_replay
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("stream.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="touchstream",
+        description=(
+            "Real-time customer value engine: touchpoint events in, customer "
+            "lifetime value, health and interventions out."
+        ),
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="lifecycle logs on standard error at this level (default: info)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    replay = commands.add_parser(
+        "replay",
+        help="run the dataflow over a file at full speed, in event time",
+        description=(
+            "Replay FILE through the dataflow at full speed on event time and "
+            "write customers.jsonl, interventions.jsonl and rejected.jsonl "
+            "into --out. Records are first ordered by event time (ties by "
+            "position) unless --presorted. A summary goes to standard output."
+        ),
+    )
+    replay.add_argument("file", type=Path, metavar="FILE", help="the input file")
+    replay.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help=(
+            "jsonl: one JSON event per line; msgpack: concatenated MessagePack "
+            "maps; csv: a header row and one event per row (see --csv-map); "
+            "cdnow: the CDNOW purchase history text format"
+        ),
+    )
+    replay.add_argument(
+        "--as-of",
+        metavar="TIME",
+        help=(
+            "apply only events with ts <= TIME and count the rest as after the "
+            "as-of time; a date (1997-09-30) means 00:00 of that day in the "
+            "tenant's time zone, a time needs an offset (…T12:00:00Z)"
+        ),
+    )
+    replay.add_argument(
+        "--presorted",
+        action="store_true",
+        help="the file is already in event-time order: skip the ordering step",
+    )
+    replay.add_argument(
+        "--config", type=Path, metavar="FILE", help="a TOML configuration file"
+    )
+    replay.add_argument(
+        "--csv-map",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file mapping CSV columns to event fields (--format csv)",
+    )
+    replay.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out"),
+        metavar="DIR",
+        help="the output folder, created if needed (default: out)",
+    )
+    replay.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes (default: 1); the output is the same for any N",
+    )
+    replay.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object instead of a table",
+    )
+    replay.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="progress bar on standard error: auto shows it on a terminal",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _replay(args)
+    except UsageError as ex:
+        parser.exit(EXIT_USAGE, f"touchstream: error: {ex}\n")
+    except RunError as ex:
+        print(f"touchstream: {ex}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("touchstream: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if args.csv_map is not None and args.format != "csv":
+        msg = "--csv-map goes with --format csv"
+        raise UsageError(msg)
+    progress = {
+        "always": True,
+        "never": False,
+        "auto": sys.stderr.isatty(),
+    }[args.progress]
+    options = ReplayOptions(
+        input=args.file,
+        format=args.format,
+        out=args.out,
+        config=load_config(args.config),
+        as_of=args.as_of,
+        presorted=args.presorted,
+        csv_map=None if args.csv_map is None else load_csv_map(args.csv_map),
+        workers=args.workers,
+        progress=progress,
+    )
+    summary = run_replay(options)
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary.to_json()).decode() + "\n")
+    else:
+        sys.stdout.write(format_summary(summary, args.out))
+    return EXIT_OK
+
+
+def format_summary(summary: ReplaySummary, out: Path) -> str:
+    """The human-readable summary of a replay."""
+    counts = summary.counts
+    rows = [
+        ("read", f"{counts.read:,}"),
+        ("applied", f"{counts.applied:,}"),
+        ("rejected", f"{counts.rejected_total:,}"),
+    ]
+    rows += [
+        (f"  {code}", f"{count:,}") for code, count in sorted(counts.rejected.items())
+    ]
+    rows += [
+        ("duplicates", f"{counts.duplicates:,}"),
+        ("after as-of", f"{counts.after_as_of:,}"),
+        ("customers", f"{summary.customers:,}"),
+        ("interventions", f"{summary.interventions:,}"),
+        ("events/s", f"{summary.events_per_s:,.0f}"),
+        ("seconds", f"{summary.seconds:.2f}"),
+    ]
+    worker_word = "worker" if summary.workers == 1 else "workers"
+    lines = [
+        f"Replay of {summary.input.name} ({summary.format}), "
+        f"{summary.workers} {worker_word}, {summary.implementation} kernel",
+    ]
+    lines += [f"  {name:<16}{value:>14}" for name, value in rows]
+    lines.append(f"  output          {out}/")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,154 @@
+"""Configuration: a TOML file, validated into immutable settings.
+
+Without a file every setting has its default, which is the embedded
+single-machine setup. ``README.md`` ("Configuration") lists every key.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Annotated, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from state.routing import DEFAULT_KEY_GROUPS
+from stream.errors import ConfigError, UsageError
+
+Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Rate = Annotated[float, msgspec.Meta(gt=0)]
+
+T = TypeVar("T")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_MS = {
+    "ms": 1,
+    "s": 1_000,
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+    "w": 604_800_000,
+}
+
+
+class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A tenant's currency, time zone and exchange rates into its currency."""
+
+    currency: Currency = "USD"
+    time_zone: str = "UTC"
+    rates: dict[Currency, Rate] = {}
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Every setting of a Touchstream run."""
+
+    key_groups: Annotated[int, msgspec.Meta(ge=1, le=4096)] = DEFAULT_KEY_GROUPS
+    default_tenant: Name = "default"
+    dedupe_span: str = "7d"
+    max_record_bytes: Annotated[int, msgspec.Meta(ge=256, le=16_777_216)] = 65_536
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2_048
+    tenant_defaults: TenantConfig = TenantConfig()
+    tenants: dict[Name, TenantConfig] = {}
+
+    def tenant(self, name: str) -> TenantConfig:
+        return self.tenants.get(name, self.tenant_defaults)
+
+    @property
+    def dedupe_span_ms(self) -> int:
+        return parse_duration(self.dedupe_span)
+
+
+class CsvMap(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How the columns of a CSV file become event fields (``--csv-map``)."""
+
+    columns: dict[str, str] = {}
+    constants: dict[str, str] = {}
+    attributes: dict[str, str] = {}
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a configuration file; None gives the defaults."""
+    if path is None:
+        return Config()
+    config = _load_toml(path, Config)
+    try:
+        parse_duration(config.dedupe_span)
+    except UsageError as ex:
+        msg = f"{path}: {ex} at `dedupe_span`"
+        raise ConfigError(msg) from None
+    for where, tenant in [("tenant_defaults", config.tenant_defaults)] + [
+        (f"tenants.{name}", tenant) for name, tenant in config.tenants.items()
+    ]:
+        try:
+            zone(tenant.time_zone)
+        except UsageError as ex:
+            msg = f"{path}: {ex} at `{where}.time_zone`"
+            raise ConfigError(msg) from None
+    return config
+
+
+def load_csv_map(path: Path) -> CsvMap:
+    """Read a CSV column mapping file."""
+    return _load_toml(path, CsvMap)
+
+
+def _load_toml(path: Path, kind: type[T]) -> T:
+    try:
+        data = path.read_bytes()
+    except OSError as ex:
+        msg = f"cannot read {path}: {ex.strerror}"
+        raise ConfigError(msg) from None
+    try:
+        return msgspec.toml.decode(data, type=kind)
+    except msgspec.ValidationError as ex:
+        msg = f"{path}: {ex}"
+        raise ConfigError(msg) from None
+    except msgspec.DecodeError as ex:
+        msg = f"{path}: not valid TOML: {ex}"
+        raise ConfigError(msg) from None
+
+
+def parse_duration(text: str) -> int:
+    """Parse ``500ms``, ``30s``, ``15m``, ``48h``, ``7d`` or ``39w`` to ms."""
+    match = _DURATION.match(text)
+    if match is None:
+        msg = (
+            f"expected a duration such as 30s, 48h, 7d or 39w - got {text!r}"
+        )
+        raise UsageError(msg)
+    return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+def zone(name: str) -> ZoneInfo:
+    """Return the time zone `name`, or say clearly that it is unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        msg = f"expected an IANA time zone such as UTC or Asia/Shanghai - got {name!r}"
+        raise UsageError(msg) from None
+
+
+def parse_time(text: str, time_zone: str) -> int:
+    """Parse an as-of time to epoch milliseconds.
+
+    A date means 00:00 of that day in `time_zone`; a date and time needs an
+    offset (``1997-09-30T12:00:00+08:00`` or ``...Z``).
+    """
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime.combine(day, time(0), tzinfo=zone(time_zone))
+        else:
+            moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        msg = (
+            "expected a date (1997-09-30) or an RFC 3339 time with an offset "
+            f"(1997-09-30T00:00:00Z) - got {text!r}"
+        )
+        raise UsageError(msg)
+    return round(moment.timestamp() * 1000)

@@ -1,0 +1,146 @@
+"""The bytewax dataflow of a replay: the only module that wires operators
+into bytewax.
+
+::
+
+    read (RecordSource) ─► decode ─┬─► key_groups (KeyGroupActor) ─┐
+                                   └─► reports ───────────────────┴─► write
+
+The decode step sends every key group one item per raw batch: its share of
+the touches (maybe none) and the partition's high event time, which is how
+the watermark reaches key groups that bytewax cannot broadcast to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+import msgspec
+import orjson
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from operators.decode import DecodeSettings
+from operators.keygroup import (
+    Counts,
+    KeyGroupActor,
+    KeyGroupBatch,
+    KeyGroupSettings,
+    Report,
+)
+from state.routing import key_group, key_group_name
+from stream.sources import RawBatch, RecordSource
+
+REPORT_KEY = "report"
+
+
+class DecodeStep:
+    """Decode a raw batch and split it into one share per key group."""
+
+    def __init__(self, settings: DecodeSettings, key_groups: int) -> None:
+        self.decoder = settings.build()
+        self.key_groups = key_groups
+        self.names = [key_group_name(index) for index in range(key_groups)]
+
+    def __call__(self, batch: RawBatch) -> list[tuple[str, Any]]:
+        decoded = self.decoder.decode_batch(batch.records)
+        shares: list[list[Any]] = [[] for _ in range(self.key_groups)]
+        for touch in decoded.touches:
+            shares[key_group(touch.tenant, touch.customer_id, self.key_groups)].append(
+                touch
+            )
+
+        items: list[tuple[str, Any]] = [
+            (name, KeyGroupBatch(batch.partition, share, decoded.max_ts_ms, batch.final))
+            for name, share in zip(self.names, shares, strict=True)
+        ]
+        rejected: dict[str, int] = {}
+        for rejection in decoded.rejections:
+            rejected[rejection.code] = rejected.get(rejection.code, 0) + 1
+        counts = Counts(
+            read=len(batch.records), after_as_of=decoded.after_as_of, rejected=rejected
+        )
+        items.append((REPORT_KEY, Report(counts, decoded.rejections)))
+        return items
+
+
+class KeyGroupLogic(StatefulBatchLogic[KeyGroupBatch, Report, bytes | None]):
+    """Adapts a :class:`KeyGroupActor` to bytewax's stateful_batch."""
+
+    def __init__(self, actor: KeyGroupActor, keep_snapshots: bool) -> None:
+        self.actor = actor
+        self.keep_snapshots = keep_snapshots
+
+    def on_batch(self, values: list[KeyGroupBatch]) -> tuple[list[Report], bool]:
+        return self.actor.on_batch(values), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Report], bool]:
+        return self.actor.on_eof(), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes | None:
+        # bytewax asks for a snapshot at every epoch even without recovery;
+        # serialising the table is only worth it when recovery keeps it.
+        return self.actor.snapshot() if self.keep_snapshots else None
+
+
+class ReportSink(DynamicSink[Report]):
+    """Writes reports into per-worker part files, merged after the run."""
+
+    def __init__(self, parts_dir: Path) -> None:
+        self.parts_dir = parts_dir
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> ReportPartition:
+        return ReportPartition(self.parts_dir, worker_index)
+
+
+class ReportPartition(StatelessSinkPartition[Report]):
+    def __init__(self, parts_dir: Path, worker_index: int) -> None:
+        prefix = parts_dir / f"worker-{worker_index}"
+        self.counts_path = prefix.with_suffix(".counts.json")
+        self.customers = prefix.with_suffix(".customers.jsonl").open("wb")
+        self.rejected = prefix.with_suffix(".rejected.jsonl").open("wb")
+        self.counts = Counts()
+
+    def write_batch(self, items: list[Report]) -> None:
+        for report in items:
+            self.counts.add(report.counts)
+            for rejection in report.rejections:
+                self.rejected.write(msgspec.json.encode(rejection) + b"\n")
+            for customer in report.customers:
+                self.customers.write(orjson.dumps(customer) + b"\n")
+
+    def close(self) -> None:
+        self.customers.close()
+        self.rejected.close()
+        self.counts_path.write_bytes(msgspec.json.encode(self.counts))
+
+
+def build_flow(
+    source: RecordSource,
+    decode: DecodeSettings,
+    key_groups: int,
+    actor: KeyGroupSettings,
+    parts_dir: Path,
+    *,
+    keep_snapshots: bool = False,
+) -> Dataflow:
+    """Wire the replay dataflow."""
+    flow = Dataflow("touchstream_replay")
+    raw = op.input("read", flow, source)
+    routed = op.flat_map("decode", raw, DecodeStep(decode, key_groups))
+    split = op.branch("route", routed, lambda item: item[0] != REPORT_KEY)
+
+    def build_logic(resume_state: bytes | None) -> KeyGroupLogic:
+        return KeyGroupLogic(actor.build(resume_state), keep_snapshots)
+
+    groups = op.stateful_batch("key_groups", split.trues, build_logic)
+    actor_reports = op.key_rm("actor_reports", groups)
+    decode_reports = op.map("decode_reports", split.falses, lambda item: item[1])
+    reports = op.merge("reports", decode_reports, actor_reports)
+    op.output("write", reports, ReportSink(parts_dir))
+    return flow

@@ -1,0 +1,327 @@
+"""A replay: one input file through the dataflow at full speed, on event
+time, into output files.
+
+The run is planned here (ordering step, partitions, settings), executed by
+worker processes that each run a bytewax worker of the same dataflow, and
+finished here: the workers' part files are merged into sorted output files,
+so that the same input gives the same bytes with any number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+from bytewax.testing import cluster_main
+from tqdm import tqdm
+
+import native
+from operators.decode import CsvLayout, DecodeSettings, Format, TenantRule
+from operators.keygroup import Counts, KeyGroupSettings
+from stream.config import Config, CsvMap, parse_time
+from stream.errors import RunError, UsageError
+from stream.flow import build_flow
+from stream.sources import PartitionSpec, RecordSource, order_records, read_csv_header
+
+log = logging.getLogger(__name__)
+
+CUSTOMERS_FILE = "customers.jsonl"
+REJECTED_FILE = "rejected.jsonl"
+INTERVENTIONS_FILE = "interventions.jsonl"
+_WORK_DIR = ".touchstream-work"
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What `touchstream replay` was asked to do."""
+
+    input: Path
+    format: Format
+    out: Path
+    config: Config = field(default_factory=Config)
+    as_of: str | None = None
+    presorted: bool = False
+    csv_map: CsvMap | None = None
+    workers: int = 1
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class ReplaySummary:
+    """What a replay did, for the summary and for tests."""
+
+    input: Path
+    format: Format
+    workers: int
+    implementation: str
+    counts: Counts
+    customers: int
+    interventions: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.counts.read / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "input": str(self.input),
+            "format": self.format,
+            "workers": self.workers,
+            "kernel": self.implementation,
+            "read": self.counts.read,
+            "applied": self.counts.applied,
+            "rejected": self.counts.rejected_total,
+            "rejected_by_reason": dict(sorted(self.counts.rejected.items())),
+            "duplicates": self.counts.duplicates,
+            "after_as_of": self.counts.after_as_of,
+            "customers": self.customers,
+            "interventions": self.interventions,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.events_per_s),
+        }
+
+
+def run_replay(options: ReplayOptions) -> ReplaySummary:
+    """Plan, run and finish a replay; raise UsageError or RunError."""
+    if not options.input.is_file():
+        msg = f"input file {options.input} does not exist or is not a file"
+        raise UsageError(msg)
+    if options.workers < 1:
+        msg = f"expected --workers to be 1 or more - got {options.workers}"
+        raise UsageError(msg)
+    config = options.config
+    decode = _decode_settings(options)
+    started = time.perf_counter()
+    log.info(
+        "Replay: started input=%s format=%s workers=%d kernel=%s",
+        options.input,
+        options.format,
+        options.workers,
+        native.implementation(),
+    )
+
+    work = options.out / _WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "parts").mkdir(parents=True)
+    try:
+        specs = _partitions(options, decode, work)
+        actor = _actor_settings(options, len(specs))
+        _run_workers(options, specs, decode, actor, work)
+        counts, customers = _merge(options, work / "parts")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    seconds = time.perf_counter() - started
+    summary = ReplaySummary(
+        options.input,
+        options.format,
+        options.workers,
+        native.implementation(),
+        counts,
+        customers,
+        0,
+        seconds,
+    )
+    log.info(
+        "Replay: finished read=%d applied=%d rejected=%d took_ms=%d",
+        counts.read,
+        counts.applied,
+        counts.rejected_total,
+        round(seconds * 1000),
+    )
+    return summary
+
+
+def _decode_settings(options: ReplayOptions) -> DecodeSettings:
+    config = options.config
+
+    def rule(tenant: Any) -> TenantRule:
+        as_of_ms = None
+        if options.as_of is not None:
+            as_of_ms = parse_time(options.as_of, tenant.time_zone)
+        return TenantRule(tenant.currency, tenant.time_zone, dict(tenant.rates), as_of_ms)
+
+    layout = None
+    if options.format == "csv":
+        layout = _csv_layout(options.input, options.csv_map or CsvMap())
+    return DecodeSettings(
+        format=options.format,
+        input_name=options.input.name,
+        default_tenant=config.default_tenant,
+        tenant_defaults=rule(config.tenant_defaults),
+        tenants={name: rule(tenant) for name, tenant in config.tenants.items()},
+        max_record_bytes=config.max_record_bytes,
+        csv=layout,
+    )
+
+
+def _csv_layout(path: Path, mapping: CsvMap) -> CsvLayout:
+    header = read_csv_header(path)
+    known = set(header)
+    for section, names in (
+        ("columns", mapping.columns.values()),
+        ("attributes", mapping.attributes.values()),
+    ):
+        for name in names:
+            if name not in known:
+                msg = (
+                    f"column {name!r} of [{section}] in the CSV map is not in "
+                    f"the header of {path.name} (columns: {', '.join(header)})"
+                )
+                raise UsageError(msg)
+    return CsvLayout(header, mapping.columns, mapping.constants, mapping.attributes)
+
+
+def _partitions(
+    options: ReplayOptions, decode: DecodeSettings, work: Path
+) -> list[PartitionSpec]:
+    if options.presorted:
+        return [PartitionSpec(options.input, options.format)]
+    started = time.perf_counter()
+    spools, count = order_records(
+        options.input,
+        options.format,
+        decode.build(),
+        options.config.key_groups,
+        options.workers,
+        work,
+    )
+    log.info(
+        "Ordering: sorted records=%d partitions=%d took_ms=%d",
+        count,
+        len(spools),
+        round((time.perf_counter() - started) * 1000),
+    )
+    return [PartitionSpec(spool, None) for spool in spools]
+
+
+def _actor_settings(options: ReplayOptions, partitions: int) -> KeyGroupSettings:
+    config = options.config
+    as_of_ms: dict[str, int] = {}
+    default_as_of_ms = None
+    if options.as_of is not None:
+        as_of_ms = {
+            name: parse_time(options.as_of, tenant.time_zone)
+            for name, tenant in config.tenants.items()
+        }
+        default_as_of_ms = parse_time(options.as_of, config.tenant_defaults.time_zone)
+    return KeyGroupSettings(
+        partitions=partitions,
+        dedupe_span_ms=config.dedupe_span_ms,
+        as_of_ms=as_of_ms,
+        default_as_of_ms=default_as_of_ms,
+        position_name="offset" if options.format == "msgpack" else "line",
+    )
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _run_workers(
+    options: ReplayOptions,
+    specs: list[PartitionSpec],
+    decode: DecodeSettings,
+    actor: KeyGroupSettings,
+    work: Path,
+) -> None:
+    """Run one bytewax worker process per --workers, and wait for them all."""
+    context = multiprocessing.get_context("fork")
+    progress = context.Value("q", 0)
+    total = sum(spec.path.stat().st_size for spec in specs)
+    source = RecordSource(specs, options.config.batch_size, progress)
+    flow = build_flow(source, decode, options.config.key_groups, actor, work / "parts")
+    addresses = []
+    if options.workers > 1:
+        addresses = [f"127.0.0.1:{port}" for port in _free_ports(options.workers)]
+
+    processes = [
+        context.Process(
+            target=_worker_main,
+            args=(flow, addresses, index),
+            name=f"touchstream-worker-{index}",
+        )
+        for index in range(options.workers)
+    ]
+    for process in processes:
+        process.start()
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="replay",
+        disable=not options.progress,
+        leave=False,
+    )
+    try:
+        while any(process.is_alive() for process in processes):
+            bar.update(progress.value - bar.n)
+            if any(process.exitcode not in (None, 0) for process in processes):
+                break
+            time.sleep(0.1)
+        bar.update(progress.value - bar.n)
+    finally:
+        bar.close()
+        for process in processes:
+            process.join(timeout=0 if process.exitcode else None)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+    failed = [process for process in processes if process.exitcode != 0]
+    if failed:
+        names = ", ".join(f"{p.name} (exit {p.exitcode})" for p in failed)
+        msg = f"replay failed: worker process {names}; see its error above"
+        raise RunError(msg)
+
+
+def _worker_main(flow: Any, addresses: list[str], index: int) -> None:
+    cluster_main(flow, addresses, index, worker_count_per_proc=1)
+
+
+def _merge(options: ReplayOptions, parts: Path) -> tuple[Counts, int]:
+    """Merge the workers' part files into the sorted output files."""
+    counts = Counts()
+    for path in sorted(parts.glob("*.counts.json")):
+        counts.add(msgspec.json.decode(path.read_bytes(), type=Counts))
+
+    customers = []
+    for path in sorted(parts.glob("*.customers.jsonl")):
+        customers.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
+    customers.sort(key=lambda record: (record["tenant"], record["customer_id"]))
+    with (options.out / CUSTOMERS_FILE).open("wb") as file:
+        for record in customers:
+            file.write(orjson.dumps(record) + b"\n")
+
+    position_name = "offset" if options.format == "msgpack" else "line"
+    rejected = []
+    for path in sorted(parts.glob("*.rejected.jsonl")):
+        rejected.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
+    rejected.sort(key=lambda entry: entry["position"])
+    with (options.out / REJECTED_FILE).open("wb") as file:
+        for entry in rejected:
+            row = {"input": options.input.name, position_name: entry["position"]}
+            row.update(
+                (key, value)
+                for key, value in entry.items()
+                if key != "position" and value is not None
+            )
+            file.write(orjson.dumps(row) + b"\n")
+
+    (options.out / INTERVENTIONS_FILE).write_bytes(b"")
+    return counts, len(customers)

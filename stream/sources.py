@@ -1,0 +1,273 @@
+"""Sources: input files split into raw records, the ordering step, and the
+bytewax partitioned source that emits them in batches.
+
+A raw record is ``(position, bytes)``: the position is the 1-based line of a
+text record, or the byte offset of a MessagePack map. Every partition can
+resume from a byte offset (its snapshot).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+import msgspec
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from operators.decode import Decoder, Format
+from state.routing import key_group
+
+RawRecord = tuple[int, bytes]
+_FRAME = struct.Struct("<QI")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """One batch read by one source partition."""
+
+    partition: int
+    records: list[RawRecord]
+    final: bool
+
+
+# Splitting files into raw records.
+
+
+def read_records(path: Path, fmt: Format, offset: int = 0) -> Iterator[tuple[RawRecord, int]]:
+    """Yield each raw record of a file with the byte offset after it."""
+    with path.open("rb") as file:
+        if fmt == "msgpack":
+            yield from _msgpack_records(file, offset)
+        elif fmt == "csv":
+            yield from _csv_records(file, offset)
+        else:
+            yield from _line_records(file, offset, skip_header=fmt == "cdnow")
+
+
+def _line_records(
+    file: BinaryIO, offset: int, *, skip_header: bool
+) -> Iterator[tuple[RawRecord, int]]:
+    line_no = 0
+    if offset:
+        # Count the lines before the resume offset to keep positions.
+        line_no = file.read(offset).count(b"\n")
+    for line in iter(file.readline, b""):
+        line_no += 1
+        offset += len(line)
+        if line_no == 1 and skip_header and _is_cdnow_header(line):
+            continue
+        if line.strip():
+            yield (line_no, line.rstrip(b"\r\n")), offset
+
+
+def _is_cdnow_header(line: bytes) -> bool:
+    first = line.split(maxsplit=1)[:1]
+    return bool(first) and not first[0].isdigit()
+
+
+def read_csv_header(path: Path) -> tuple[str, ...]:
+    """Return the header row of a CSV file."""
+    with path.open("rb") as file:
+        first = file.readline().decode("utf-8-sig", "replace")
+    return tuple(next(csv.reader([first]), []))
+
+
+def _csv_records(file: BinaryIO, offset: int) -> Iterator[tuple[RawRecord, int]]:
+    # A quoted field may span lines: a record ends where its quotes balance.
+    line_no = 0
+    if offset:
+        line_no = file.read(offset).count(b"\n")
+    else:
+        header = file.readline()
+        line_no, offset = 1, len(header)
+    pending: list[bytes] = []
+    start = 0
+    for line in iter(file.readline, b""):
+        line_no += 1
+        offset += len(line)
+        if not pending:
+            start = line_no
+        pending.append(line)
+        text = b"".join(pending)
+        if text.count(b'"') % 2:
+            continue
+        pending = []
+        if not text.strip():
+            continue
+        decoded = text.decode("utf-8", "replace")
+        row = next(csv.reader(io.StringIO(decoded)), [])
+        yield (start, msgspec.msgpack.encode(row)), offset
+    if pending:
+        row = next(csv.reader(io.StringIO(b"".join(pending).decode("utf-8", "replace"))), [])
+        yield (start, msgspec.msgpack.encode(row)), offset
+
+
+def _msgpack_records(file: BinaryIO, offset: int) -> Iterator[tuple[RawRecord, int]]:
+    file.seek(offset)
+    unpacker = msgpack.Unpacker(max_buffer_size=1 << 30)
+    buffer = bytearray()
+    buffer_start = consumed = offset
+    while chunk := file.read(_CHUNK):
+        unpacker.feed(chunk)
+        buffer += chunk
+        while True:
+            try:
+                unpacker.skip()
+            except msgpack.OutOfData:
+                break
+            except Exception:  # noqa: BLE001 - msgpack raises several kinds
+                # The stream cannot be split past a malformed object: the
+                # rest of the file becomes one record, rejected downstream.
+                buffer += file.read()
+                rest = bytes(buffer[consumed - buffer_start :])
+                yield (consumed, rest), buffer_start + len(buffer)
+                return
+            end = offset + unpacker.tell()
+            yield (consumed, bytes(buffer[consumed - buffer_start : end - buffer_start])), end
+            consumed = end
+        del buffer[: consumed - buffer_start]
+        buffer_start = consumed
+    if buffer:
+        yield (consumed, bytes(buffer)), consumed + len(buffer)
+
+
+# The ordering step: spool files of time-ordered records, one per partition.
+
+
+def write_spool(path: Path, records: list[RawRecord]) -> None:
+    with path.open("wb") as file:
+        for position, raw in records:
+            file.write(_FRAME.pack(position, len(raw)))
+            file.write(raw)
+
+
+def read_spool(path: Path, offset: int = 0) -> Iterator[tuple[RawRecord, int]]:
+    with path.open("rb") as file:
+        file.seek(offset)
+        while header := file.read(_FRAME.size):
+            position, size = _FRAME.unpack(header)
+            raw = file.read(size)
+            offset += _FRAME.size + size
+            yield (position, raw), offset
+
+
+def order_records(
+    path: Path,
+    fmt: Format,
+    decoder: Decoder,
+    key_groups: int,
+    partitions: int,
+    spool_dir: Path,
+) -> tuple[list[Path], int]:
+    """Sort a file's records by event time, ties by position, into spools.
+
+    Records go to partition ``key_group % partitions``, so each key group
+    reads from one time-ordered partition. A record whose time or customer
+    cannot be read goes first in partition 0, to be rejected by the decode
+    step with its reason. Returns the spool paths and the record count.
+    """
+    keyed: list[list[tuple[int, int, bytes]]] = [[] for _ in range(partitions)]
+    count = 0
+    for (position, raw), _ in read_records(path, fmt):
+        count += 1
+        key = decoder.sort_key(position, raw)
+        if key is None:
+            keyed[0].append((-1, position, raw))
+            continue
+        ts_ms, tenant, customer_id = key
+        part = key_group(tenant, customer_id, key_groups) % partitions
+        keyed[part].append((ts_ms, position, raw))
+    spools = []
+    for part, items in enumerate(keyed):
+        items.sort(key=lambda item: (item[0], item[1]))
+        spool = spool_dir / f"partition-{part}.spool"
+        write_spool(spool, [(position, raw) for _, position, raw in items])
+        spools.append(spool)
+    return spools, count
+
+
+# The bytewax source.
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """Where one source partition reads: a spool, or the input file itself."""
+
+    path: Path
+    fmt: Format | None  # None: a spool file of the ordering step
+
+
+class RecordSource(FixedPartitionedSource[RawBatch, int]):
+    """A fixed set of partitions, each emitting batches of raw records.
+
+    Each partition's last batch is marked ``final`` so that the decode step
+    can carry the end of input to every key group. `progress`, when given,
+    is a shared counter of bytes read, for the progress bar.
+    """
+
+    def __init__(
+        self, specs: list[PartitionSpec], batch_size: int, progress: Any = None
+    ) -> None:
+        self.specs = specs
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def list_parts(self) -> list[str]:
+        return [str(index) for index in range(len(self.specs))]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> RecordPartition:
+        index = int(for_part)
+        return RecordPartition(
+            index, self.specs[index], self.batch_size, resume_state or 0, self.progress
+        )
+
+
+class RecordPartition(StatefulSourcePartition[RawBatch, int]):
+    """Reads one file or spool from a byte offset, a batch at a time."""
+
+    def __init__(
+        self,
+        index: int,
+        spec: PartitionSpec,
+        batch_size: int,
+        offset: int,
+        progress: Any,
+    ) -> None:
+        self.index = index
+        self.batch_size = batch_size
+        self.offset = offset
+        self.progress = progress
+        if spec.fmt is None:
+            self._records = read_spool(spec.path, offset)
+        else:
+            self._records = read_records(spec.path, spec.fmt, offset)
+        self._done = False
+
+    def next_batch(self) -> list[RawBatch]:
+        if self._done:
+            raise StopIteration
+        records: list[RawRecord] = []
+        start = self.offset
+        for record, self.offset in self._records:
+            records.append(record)
+            if len(records) >= self.batch_size:
+                break
+        else:
+            self._done = True
+        if self.progress is not None:
+            with self.progress.get_lock():
+                self.progress.value += self.offset - start
+        return [RawBatch(self.index, records, self._done)]
+
+    def snapshot(self) -> int:
+        return self.offset
+

@@ -218,7 +218,8 @@ class Decoder:
         score = -1 if event.score is None else event.score
         if event.kind == "nps" and score < 0:
             return reject(
-                "missing_field", "expected `score` (0 to 10) on an `nps` event - got none"
+                "missing_field",
+                "expected `score` (0 to 10) on an `nps` event - got none",
             )
 
         canonical = msgspec.structs.replace(event, ts=ts_ms)
@@ -279,7 +280,7 @@ class Decoder:
                 f"expected {len(layout.header)} columns as in the header - "
                 f"got {len(row)}"
             )
-            raise _RowError("invalid_row", msg)
+            raise _RowError(msg, code="invalid_row")
         for index, target in self._csv_fields:
             value = row[index]
             if value == "":
@@ -306,7 +307,7 @@ class Decoder:
                 "dollar_value) or 5 (with id_in_sample) - "
                 f"got {len(parts)}"
             )
-            raise _RowError("invalid_row", msg)
+            raise _RowError(msg, code="invalid_row")
         customer_id = parts[0].decode("ascii", "replace")
         date, dollars = parts[-3], parts[-1]
         try:
@@ -314,13 +315,13 @@ class Decoder:
         except (UnicodeDecodeError, ValueError):
             shown = date.decode("ascii", "replace")[:VALUE_CHARS]
             msg = f"expected `date` as YYYYMMDD - got {shown!r}"
-            raise _RowError("invalid_field", msg) from None
+            raise _RowError(msg, code="invalid_field") from None
         try:
             amount = float(dollars)
         except ValueError:
             shown = dollars.decode("ascii", "replace")[:VALUE_CHARS]
             msg = f"expected `dollar_value` as a number - got {shown!r}"
-            raise _RowError("invalid_field", msg) from None
+            raise _RowError(msg, code="invalid_field") from None
         return msgspec.convert(
             {
                 "event_id": f"{self.settings.input_name}:{position}",
@@ -338,7 +339,7 @@ class Decoder:
 
 
 class _RowError(Exception):
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, reason: str, *, code: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
@@ -370,7 +371,9 @@ def _explain_validation(message: str, raw: bytes, fmt: Format) -> tuple[str, str
     if text.startswith("Object missing required field"):
         return "missing_field", _lower_first(text)
     if "unknown field" in text:
-        return "unknown_field", _lower_first(text) + "; the event contract is in the README"
+        return "unknown_field", _lower_first(
+            text
+        ) + "; the event contract is in the README"
     got = _describe(_value_at(raw, path, fmt))
     if text.startswith("Invalid enum value") and field in _ENUMS:
         options = ", ".join(_ENUMS[field])

@@ -67,6 +67,6 @@ class Deduper:
         self._seen.clear()
         self._expiry.clear()
         for expires, identity, digest, position in rows:
-            key: Identity = tuple(identity)  # type: ignore[assignment]
+            key: Identity = tuple(identity)
             self._seen[key] = (digest, position)
             self._expiry.append((expires, key))

@@ -126,7 +126,9 @@ class KeyGroupActor:
         customers = []
         for row in self.table.rows():
             end_ms = settings.as_of_ms.get(row[0], settings.default_as_of_ms)
-            customers.append(customer_json(row, last_event_ms if end_ms is None else end_ms))
+            customers.append(
+                customer_json(row, last_event_ms if end_ms is None else end_ms)
+            )
         return [Report(Counts(), customers=customers)] if customers else []
 
     def _dedupe(

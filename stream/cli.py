@@ -130,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunError as ex:
         print(f"touchstream: {ex}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as ex:
+        where = f" {ex.filename}" if ex.filename else ""
+        print(f"touchstream: cannot use{where}: {ex.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("touchstream: interrupted", file=sys.stderr)
         return EXIT_FAILED

@@ -115,9 +115,7 @@ def parse_duration(text: str) -> int:
     """Parse ``500ms``, ``30s``, ``15m``, ``48h``, ``7d`` or ``39w`` to ms."""
     match = _DURATION.match(text)
     if match is None:
-        msg = (
-            f"expected a duration such as 30s, 48h, 7d or 39w - got {text!r}"
-        )
+        msg = f"expected a duration such as 30s, 48h, 7d or 39w - got {text!r}"
         raise UsageError(msg)
     return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
 

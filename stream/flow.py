@@ -54,7 +54,10 @@ class DecodeStep:
             )
 
         items: list[tuple[str, Any]] = [
-            (name, KeyGroupBatch(batch.partition, share, decoded.max_ts_ms, batch.final))
+            (
+                name,
+                KeyGroupBatch(batch.partition, share, decoded.max_ts_ms, batch.final),
+            )
             for name, share in zip(self.names, shares, strict=True)
         ]
         rejected: dict[str, int] = {}

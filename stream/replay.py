@@ -98,7 +98,6 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
     if options.workers < 1:
         msg = f"expected --workers to be 1 or more - got {options.workers}"
         raise UsageError(msg)
-    config = options.config
     decode = _decode_settings(options)
     started = time.perf_counter()
     log.info(
@@ -148,7 +147,9 @@ def _decode_settings(options: ReplayOptions) -> DecodeSettings:
         as_of_ms = None
         if options.as_of is not None:
             as_of_ms = parse_time(options.as_of, tenant.time_zone)
-        return TenantRule(tenant.currency, tenant.time_zone, dict(tenant.rates), as_of_ms)
+        return TenantRule(
+            tenant.currency, tenant.time_zone, dict(tenant.rates), as_of_ms
+        )
 
     layout = None
     if options.format == "csv":
@@ -291,7 +292,7 @@ def _run_workers(
 
 
 def _worker_main(flow: Any, addresses: list[str], index: int) -> None:
-    cluster_main(flow, addresses, index, worker_count_per_proc=1)
+    cluster_main(flow, addresses, index, worker_count_per_proc=1)  # type: ignore[no-untyped-call]
 
 
 def _merge(options: ReplayOptions, parts: Path) -> tuple[Counts, int]:
@@ -300,7 +301,7 @@ def _merge(options: ReplayOptions, parts: Path) -> tuple[Counts, int]:
     for path in sorted(parts.glob("*.counts.json")):
         counts.add(msgspec.json.decode(path.read_bytes(), type=Counts))
 
-    customers = []
+    customers: list[dict[str, Any]] = []
     for path in sorted(parts.glob("*.customers.jsonl")):
         customers.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
     customers.sort(key=lambda record: (record["tenant"], record["customer_id"]))
@@ -309,7 +310,7 @@ def _merge(options: ReplayOptions, parts: Path) -> tuple[Counts, int]:
             file.write(orjson.dumps(record) + b"\n")
 
     position_name = "offset" if options.format == "msgpack" else "line"
-    rejected = []
+    rejected: list[dict[str, Any]] = []
     for path in sorted(parts.glob("*.rejected.jsonl")):
         rejected.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
     rejected.sort(key=lambda entry: entry["position"])

@@ -40,7 +40,9 @@ class RawBatch:
 # Splitting files into raw records.
 
 
-def read_records(path: Path, fmt: Format, offset: int = 0) -> Iterator[tuple[RawRecord, int]]:
+def read_records(
+    path: Path, fmt: Format, offset: int = 0
+) -> Iterator[tuple[RawRecord, int]]:
     """Yield each raw record of a file with the byte offset after it."""
     with path.open("rb") as file:
         if fmt == "msgpack":
@@ -105,7 +107,9 @@ def _csv_records(file: BinaryIO, offset: int) -> Iterator[tuple[RawRecord, int]]
         row = next(csv.reader(io.StringIO(decoded)), [])
         yield (start, msgspec.msgpack.encode(row)), offset
     if pending:
-        row = next(csv.reader(io.StringIO(b"".join(pending).decode("utf-8", "replace"))), [])
+        row = next(
+            csv.reader(io.StringIO(b"".join(pending).decode("utf-8", "replace"))), []
+        )
         yield (start, msgspec.msgpack.encode(row)), offset
 
 
@@ -130,7 +134,10 @@ def _msgpack_records(file: BinaryIO, offset: int) -> Iterator[tuple[RawRecord, i
                 yield (consumed, rest), buffer_start + len(buffer)
                 return
             end = offset + unpacker.tell()
-            yield (consumed, bytes(buffer[consumed - buffer_start : end - buffer_start])), end
+            yield (
+                (consumed, bytes(buffer[consumed - buffer_start : end - buffer_start])),
+                end,
+            )
             consumed = end
         del buffer[: consumed - buffer_start]
         buffer_start = consumed
@@ -257,8 +264,9 @@ class RecordPartition(StatefulSourcePartition[RawBatch, int]):
             raise StopIteration
         records: list[RawRecord] = []
         start = self.offset
-        for record, self.offset in self._records:
+        for record, offset in self._records:
             records.append(record)
+            self.offset = offset
             if len(records) >= self.batch_size:
                 break
         else:
@@ -270,4 +278,3 @@ class RecordPartition(StatefulSourcePartition[RawBatch, int]):
 
     def snapshot(self) -> int:
         return self.offset
-

@@ -1,0 +1,191 @@
+"""The `touchstream` command as a user runs it: options, exit codes, output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from tests.support import CDNOW_SAMPLE, event, touchstream, write_jsonl
+
+
+def test_replay_prints_a_summary_and_exits_0_even_with_rejections(
+    tmp_path: Path,
+) -> None:
+    source = write_jsonl(tmp_path / "e.jsonl", [event(), b"not json", event()])
+
+    result = touchstream("replay", source, "--format", "jsonl", "--out", tmp_path / "o")
+
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines()[1:-1])
+    assert lines["read"].strip() == "3"
+    assert lines["applied"].strip() == "1"
+    assert lines["rejected"].strip() == "1"
+    assert lines["malformed"].strip() == "1"
+    assert lines["duplicates"].strip() == "1"
+    assert "events/s" in result.stdout
+    assert (tmp_path / "o" / "customers.jsonl").exists()
+    assert (tmp_path / "o" / "interventions.jsonl").exists()
+
+
+def test_replay_json_summary_has_the_four_counts_adding_up(tmp_path: Path) -> None:
+    result = touchstream(
+        "replay",
+        CDNOW_SAMPLE,
+        "--format",
+        "cdnow",
+        "--as-of",
+        "1997-09-30",
+        "--json",
+        "--out",
+        tmp_path / "o",
+    )
+
+    assert result.returncode == 0, result.stderr
+    summary = orjson.loads(result.stdout)
+    assert summary["read"] == 6_919
+    assert (
+        summary["applied"]
+        + summary["rejected"]
+        + summary["duplicates"]
+        + summary["after_as_of"]
+        == summary["read"]
+    )
+    assert summary["customers"] == 2_357
+
+
+def test_no_progress_bar_when_output_is_piped(tmp_path: Path) -> None:
+    result = touchstream(
+        "--log-level",
+        "warning",
+        "replay",
+        CDNOW_SAMPLE,
+        "--format",
+        "cdnow",
+        "--out",
+        tmp_path / "o",
+    )
+
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+def test_help_explains_every_replay_option() -> None:
+    result = touchstream("replay", "--help")
+
+    assert result.returncode == 0
+    for option in (
+        "--format",
+        "--as-of",
+        "--presorted",
+        "--config",
+        "--csv-map",
+        "--out",
+        "--workers",
+    ):
+        assert option in result.stdout
+
+
+def test_bad_usage_exits_2_with_a_message(tmp_path: Path) -> None:
+    unknown_option = touchstream("replay", CDNOW_SAMPLE, "--format", "cdnow", "--nope")
+    missing_file = touchstream("replay", tmp_path / "absent.txt", "--format", "cdnow")
+    bad_format = touchstream("replay", CDNOW_SAMPLE, "--format", "xml")
+    bad_as_of = touchstream(
+        "replay",
+        CDNOW_SAMPLE,
+        "--format",
+        "cdnow",
+        "--as-of",
+        "30/09/1997",
+        "--out",
+        tmp_path / "o",
+    )
+
+    for result in (unknown_option, missing_file, bad_format, bad_as_of):
+        assert result.returncode == 2, result.stderr
+    assert "does not exist" in missing_file.stderr
+    assert "expected a date" in bad_as_of.stderr
+
+
+def test_a_wrong_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "touchstream.toml"
+    config.write_text('[tenants.acme]\ntime_zone = "Mars/Olympus"\n')
+
+    result = touchstream(
+        "replay",
+        CDNOW_SAMPLE,
+        "--format",
+        "cdnow",
+        "--config",
+        config,
+        "--out",
+        tmp_path / "o",
+    )
+
+    assert result.returncode == 2
+    assert "tenants.acme.time_zone" in result.stderr
+
+
+def test_a_run_that_cannot_write_its_output_exits_1(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+
+    result = touchstream("replay", CDNOW_SAMPLE, "--format", "cdnow", "--out", blocked)
+
+    assert result.returncode == 1
+    assert "touchstream:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_csv_map_renames_columns_and_fills_constants(tmp_path: Path) -> None:
+    source = tmp_path / "orders.csv"
+    source.write_text(
+        "order_no,client,created,total\n"
+        "A-1,00004,1997-01-01T00:00:00Z,29.33\n"
+        "A-2,00004,1997-01-18T00:00:00Z,29.73\n"
+    )
+    mapping = tmp_path / "map.toml"
+    mapping.write_text(
+        "[columns]\n"
+        'event_id = "order_no"\ncustomer_id = "client"\nts = "created"\n'
+        'amount = "total"\n'
+        "[constants]\n"
+        'tenant = "acme"\nsource = "erp"\nchannel = "store"\nkind = "order"\n'
+        'direction = "inbound"\n'
+    )
+
+    result = touchstream(
+        "replay",
+        source,
+        "--format",
+        "csv",
+        "--csv-map",
+        mapping,
+        "--out",
+        tmp_path / "o",
+    )
+
+    assert result.returncode == 0, result.stderr
+    (record,) = [
+        orjson.loads(line)
+        for line in (tmp_path / "o" / "customers.jsonl").read_bytes().splitlines()
+    ]
+    assert record["tenant"] == "acme"
+    assert record["customer_id"] == "00004"
+    assert record["repeat_purchases"] == 1
+    assert record["recency_days"] == 17
+
+
+def test_the_pure_python_kernel_writes_the_same_bytes_as_the_native_one(
+    tmp_path: Path,
+) -> None:
+    args = ("replay", CDNOW_SAMPLE, "--format", "cdnow", "--workers", "2")
+    native = touchstream(*args, "--out", tmp_path / "n", env={"TOUCHSTREAM_PURE": "0"})
+    pure = touchstream(*args, "--out", tmp_path / "p", env={"TOUCHSTREAM_PURE": "1"})
+
+    assert native.returncode == pure.returncode == 0
+    assert "pure kernel" in pure.stdout
+    for name in ("customers.jsonl", "rejected.jsonl"):
+        assert (tmp_path / "n" / name).read_bytes() == (
+            tmp_path / "p" / name
+        ).read_bytes()

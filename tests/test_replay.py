@@ -284,3 +284,35 @@ def test_a_truncated_msgpack_file_rejects_the_broken_tail_by_offset(
     (entry,) = read_jsonl(out / "rejected.jsonl")
     assert entry["offset"] == len(good)
     assert entry["code"] == "malformed"
+
+
+def test_a_generated_stream_of_all_channels_is_applied_whole_on_1_and_2_workers(
+    tmp_path: Path,
+) -> None:
+    from load_tests.generate import generate_events
+
+    events = list(generate_events(3_000, 400, seed=7))
+    source = write_jsonl(tmp_path / "generated.jsonl", events)
+
+    summary_one, one = replay(tmp_path, source, "jsonl", "one", workers=1)
+    summary_two, two = replay(tmp_path, source, "jsonl", "two", workers=2)
+
+    assert summary_one.counts.applied == summary_two.counts.applied == 3_000
+    assert (one / "customers.jsonl").read_bytes() == (
+        two / "customers.jsonl"
+    ).read_bytes()
+    records = read_jsonl(one / "customers.jsonl")
+    inbound = sum(
+        channel["inbound"]
+        for record in records
+        for channel in record["channels"].values()
+    )
+    outbound = sum(
+        channel["outbound"]
+        for record in records
+        for channel in record["channels"].values()
+    )
+    assert inbound + outbound == 3_000
+    assert inbound == sum(1 for e in events if e["direction"] == "inbound")
+    orders = sum(record["orders"] for record in records)
+    assert orders == sum(1 for e in events if e["kind"] == "order")

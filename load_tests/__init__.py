@@ -1,0 +1,1 @@
+"""Event generation, load drivers and benchmarks for Touchstream."""

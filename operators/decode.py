@@ -11,9 +11,10 @@ never stops the dataflow.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -110,6 +111,7 @@ class Decoder:
         self._msgpack = msgspec.msgpack.Decoder(Event)
         self._canonical = msgspec.msgpack.Encoder(order="deterministic")
         self._zones: dict[str, ZoneInfo | None] = {}
+        self._cdnow_days: dict[bytes, int] = {}
         self._parse = {
             "jsonl": self._parse_json,
             "msgpack": self._parse_msgpack,
@@ -308,34 +310,49 @@ class Decoder:
                 f"got {len(parts)}"
             )
             raise _RowError(msg, code="invalid_row")
-        customer_id = parts[0].decode("ascii", "replace")
-        date, dollars = parts[-3], parts[-1]
+        customer_id = parts[0].decode("utf-8", "replace")
+        if len(customer_id) > 128:
+            msg = (
+                "expected `customer_id` of at most 128 characters - got "
+                f"{len(customer_id)}"
+            )
+            raise _RowError(msg, code="invalid_field")
+        ts_ms = self._cdnow_day_ms(parts[-3])
         try:
-            day = datetime.strptime(date.decode("ascii"), "%Y%m%d").replace(tzinfo=UTC)
-        except (UnicodeDecodeError, ValueError):
-            shown = date.decode("ascii", "replace")[:VALUE_CHARS]
-            msg = f"expected `date` as YYYYMMDD - got {shown!r}"
-            raise _RowError(msg, code="invalid_field") from None
-        try:
-            amount = float(dollars)
+            amount = float(parts[-1])
         except ValueError:
-            shown = dollars.decode("ascii", "replace")[:VALUE_CHARS]
-            msg = f"expected `dollar_value` as a number - got {shown!r}"
-            raise _RowError(msg, code="invalid_field") from None
-        return msgspec.convert(
-            {
-                "event_id": f"{self.settings.input_name}:{position}",
-                "tenant": self.settings.default_tenant,
-                "customer_id": customer_id,
-                "source": "cdnow",
-                "channel": "store",
-                "kind": "order",
-                "direction": "inbound",
-                "ts": (day - _EPOCH) // _MS,
-                "amount": amount,
-            },
-            Event,
+            amount = math.nan
+        if not 0 <= amount <= 1e12:
+            shown = parts[-1].decode("utf-8", "replace")[:VALUE_CHARS]
+            msg = f"expected `dollar_value` as a number from 0 to 1e12 - got {shown!r}"
+            raise _RowError(msg, code="invalid_field")
+        return Event(
+            event_id=f"{self.settings.input_name}:{position}",
+            tenant=self.settings.default_tenant,
+            customer_id=customer_id,
+            source="cdnow",
+            channel="store",
+            kind="order",
+            direction="inbound",
+            ts=ts_ms,
+            amount=amount,
         )
+
+    def _cdnow_day_ms(self, text: bytes) -> int:
+        """00:00 UTC of a YYYYMMDD date, in epoch ms (a file has few dates)."""
+        ts_ms = self._cdnow_days.get(text)
+        if ts_ms is None:
+            try:
+                day = date(int(text[:4]), int(text[4:6]), int(text[6:]))
+            except ValueError:
+                day = None
+            if day is None or len(text) != 8:
+                shown = text.decode("utf-8", "replace")[:VALUE_CHARS]
+                msg = f"expected `date` as YYYYMMDD - got {shown!r}"
+                raise _RowError(msg, code="invalid_field")
+            ts_ms = (day - _EPOCH.date()).days * DAY_MS
+            self._cdnow_days[text] = ts_ms
+        return ts_ms
 
 
 class _RowError(Exception):

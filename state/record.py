@@ -8,6 +8,7 @@ milliseconds outside.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,8 +48,16 @@ def format_time(ts_ms: int) -> str | None:
     """Format epoch milliseconds as RFC 3339 in UTC with milliseconds."""
     if ts_ms == NO_TIME:
         return None
-    moment = _EPOCH + timedelta(milliseconds=ts_ms)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+    day, ms = divmod(ts_ms, DAY_MS)
+    seconds, ms = divmod(ms, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{_date_text(day)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{ms:03d}Z"
+
+
+@functools.lru_cache(maxsize=65_536)
+def _date_text(day: int) -> str:
+    return (_EPOCH + timedelta(days=day)).date().isoformat()
 
 
 def _days(ms: int) -> float:

@@ -180,6 +180,9 @@ cdef class CustomerTable:
         cdef object touch, key, segment
 
         for touch in touches:
+            channel = touch.channel
+            if channel < 0 or channel >= N_CHANNELS:
+                raise ValueError(f"channel code {channel} out of range")
             key = (touch.tenant, touch.customer_id)
             record = self.records.get(key)
             if record is None:
@@ -187,9 +190,6 @@ cdef class CustomerTable:
                 self.records[key] = record
             ts_ms = touch.ts_ms
             kind = touch.kind
-            channel = touch.channel
-            if channel < 0 or channel >= N_CHANNELS:
-                raise ValueError(f"channel code {channel} out of range")
 
             segment = touch.segment
             if segment is not None:

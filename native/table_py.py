@@ -210,6 +210,10 @@ class CustomerTable:
         """Apply decoded touches in order; return how many were applied."""
         records = self.records
         for touch in touches:
+            channel = touch.channel
+            if not 0 <= channel < N_CHANNELS:
+                msg = f"channel code {channel} out of range"
+                raise ValueError(msg)
             key = (touch.tenant, touch.customer_id)
             record = records.get(key)
             if record is None:
@@ -217,10 +221,6 @@ class CustomerTable:
                 records[key] = record
             ts_ms = touch.ts_ms
             kind = touch.kind
-            channel = touch.channel
-            if not 0 <= channel < N_CHANNELS:
-                msg = f"channel code {channel} out of range"
-                raise ValueError(msg)
 
             if touch.segment is not None:
                 record.segment = touch.segment

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -26,6 +26,9 @@ from operators.events import (
     DIRECTIONS,
     KIND_CODES,
     KINDS,
+    MAX_ATTRIBUTE_KEY,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_ATTRIBUTES,
     MAX_TS_MS,
     MIN_TS_MS,
     Event,
@@ -42,6 +45,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _ENUMS = {"channel": CHANNELS, "kind": KINDS, "direction": DIRECTIONS}
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(.*)`$", re.DOTALL)
 _KEY = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 
 
@@ -112,6 +116,7 @@ class Decoder:
         self._canonical = msgspec.msgpack.Encoder(order="deterministic")
         self._zones: dict[str, ZoneInfo | None] = {}
         self._cdnow_days: dict[bytes, int] = {}
+        self._csv_fields_seen: dict[str, Any] = {}
         self._parse = {
             "jsonl": self._parse_json,
             "msgpack": self._parse_msgpack,
@@ -173,7 +178,7 @@ class Decoder:
         try:
             event = self._parse(position, raw)
         except msgspec.ValidationError as ex:
-            code, reason = _explain_validation(str(ex), raw, self.settings.format)
+            code, reason = _explain_validation(str(ex), lambda: self._plain(raw))
             return Rejection(position, code, reason, None, self._excerpt(raw))
         except msgspec.DecodeError as ex:
             reason = f"malformed {self.settings.format} record: {ex}"
@@ -246,6 +251,17 @@ class Decoder:
         )
         return touch, rule.as_of_ms
 
+    def _plain(self, raw: bytes) -> Any:
+        """The record as plain data, to show a bad value in a reason."""
+        try:
+            if self.settings.format == "jsonl":
+                return msgspec.json.decode(raw)
+            if self.settings.format == "msgpack":
+                return msgspec.msgpack.decode(raw)
+        except (msgspec.DecodeError, ValueError):
+            return _MISSING
+        return self._csv_fields_seen
+
     def _day(self, ts_ms: int, time_zone: str) -> int:
         if time_zone == "UTC":
             return ts_ms // DAY_MS
@@ -299,6 +315,7 @@ class Decoder:
         fields.setdefault("event_id", f"{self.settings.input_name}:{position}")
         if isinstance(fields.get("ts"), str) and fields["ts"].isdigit():
             fields["ts"] = int(fields["ts"])
+        self._csv_fields_seen = fields
         return msgspec.convert(fields, Event, strict=False)
 
     def _parse_cdnow(self, position: int, raw: bytes) -> Event:
@@ -378,8 +395,12 @@ def _csv_fields(layout: CsvLayout) -> list[tuple[int, str | tuple[str, str]]]:
     return sorted(pairs, key=lambda pair: pair[0])
 
 
-def _explain_validation(message: str, raw: bytes, fmt: Format) -> tuple[str, str]:
-    """Turn a msgspec validation message into a (code, reason) pair."""
+def _explain_validation(message: str, record: Callable[[], Any]) -> tuple[str, str]:
+    """Turn a msgspec validation message into a (code, reason) pair.
+
+    `record` gives the record as plain data (to show the offending value);
+    it is only called on this, the slow, path.
+    """
     match = _PATH.search(message)
     path = match.group(1) if match else "$"
     text = message[: match.start()] if match else message
@@ -387,11 +408,19 @@ def _explain_validation(message: str, raw: bytes, fmt: Format) -> tuple[str, str
 
     if text.startswith("Object missing required field"):
         return "missing_field", _lower_first(text)
-    if "unknown field" in text:
-        return "unknown_field", _lower_first(
-            text
-        ) + "; the event contract is in the README"
-    got = _describe(_value_at(raw, path, fmt))
+    unknown = _UNKNOWN.match(text)
+    if unknown:
+        name = unknown.group(1)
+        shown = (
+            f"`{name}`" if len(name) <= VALUE_CHARS else f"of {len(name)} characters"
+        )
+        reason = f"unknown field {shown}; the README's event contract lists the fields"
+        return "unknown_field", reason
+    data = record()
+    if path.startswith("$.attributes") or "`$.attributes`" in message:
+        attributes = data.get("attributes") if isinstance(data, dict) else None
+        return "invalid_field", _attributes_problem(attributes)
+    got = _describe(_value_at(data, path))
     if text.startswith("Invalid enum value") and field in _ENUMS:
         options = ", ".join(_ENUMS[field])
         return "invalid_value", f"expected `{field}` to be one of {options} - got {got}"
@@ -401,17 +430,29 @@ def _explain_validation(message: str, raw: bytes, fmt: Format) -> tuple[str, str
     return "invalid_field", f"{_lower_first(text)}{where} - got {got}"
 
 
-def _value_at(raw: bytes, path: str, fmt: Format) -> Any:
-    """Find the value at a msgspec error path in the raw record, if it can."""
-    try:
-        if fmt == "jsonl":
-            value: Any = msgspec.json.decode(raw)
-        elif fmt == "msgpack":
-            value = msgspec.msgpack.decode(raw)
-        else:
-            return _MISSING
-    except (msgspec.DecodeError, ValueError):
-        return _MISSING
+def _attributes_problem(attributes: Any) -> str:
+    """Say what is wrong with an `attributes` map, naming the entry."""
+    expected = (
+        f"expected `attributes` to map at most {MAX_ATTRIBUTES} keys of 1 to "
+        f"{MAX_ATTRIBUTE_KEY} characters to strings of at most "
+        f"{MAX_ATTRIBUTE_VALUE} characters"
+    )
+    if not isinstance(attributes, dict):
+        return f"{expected} - got {_describe(attributes)}"
+    if len(attributes) > MAX_ATTRIBUTES:
+        return f"{expected} - got {len(attributes)} keys"
+    for key, value in attributes.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_ATTRIBUTE_KEY:
+            return f"{expected} - got the key {_describe(key)}"
+        if not isinstance(value, str) or len(value) > MAX_ATTRIBUTE_VALUE:
+            shown = key if len(key) <= VALUE_CHARS else key[:VALUE_CHARS] + "..."
+            return f"{expected} - got {_describe(value)} at key `{shown}`"
+    return expected
+
+
+def _value_at(data: Any, path: str) -> Any:
+    """Find the value at a msgspec error path in the plain record, if any."""
+    value = data
     for key, index in _KEY.findall(path):
         try:
             value = value[key] if key else value[int(index)]

@@ -72,9 +72,14 @@ Direction = Literal["inbound", "outbound"]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
-AttributeKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-AttributeValue = Annotated[str, msgspec.Meta(max_length=256)]
-Attributes = Annotated[dict[AttributeKey, AttributeValue], msgspec.Meta(max_length=16)]
+MAX_ATTRIBUTES = 16
+MAX_ATTRIBUTE_KEY = 64
+MAX_ATTRIBUTE_VALUE = 256
+AttributeKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ATTRIBUTE_KEY)]
+AttributeValue = Annotated[str, msgspec.Meta(max_length=MAX_ATTRIBUTE_VALUE)]
+Attributes = Annotated[
+    dict[AttributeKey, AttributeValue], msgspec.Meta(max_length=MAX_ATTRIBUTES)
+]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)] | int
 Amount = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
 Score = Annotated[int, msgspec.Meta(ge=0, le=10)]

@@ -1,0 +1,466 @@
+"""The key-group table, compiled and pure-Python: same state, same rows.
+
+Every test runs against ``native.table`` and ``native.table_py`` (the
+``table_module`` fixture); one property test feeds both the same random
+touches and compares their rows.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import hypothesis.strategies as st
+import msgspec
+import pytest
+from hypothesis import given, settings
+
+import native.table
+import native.table_py
+import operators.events
+from state.record import ROW_FIELDS
+from tests.helpers_unit import make_touch
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+NO_TIME = -1
+
+# 1997-01-01 is day 9862 since 1970-01-01: 27 years of 365 days and the
+# 7 leap days of 1972 to 1996.
+JAN_1_1997 = 9862
+
+# Kind and channel codes, by hand: positions in the KINDS / CHANNELS tuples.
+MESSAGE, ORDER, REFUND = 0, 6, 7
+TICKET_OPENED, TICKET_RESOLVED, COMPLAINT, NPS = 8, 9, 10, 11
+WECHAT, EMAIL, PHONE, STORE = 0, 1, 3, 7
+
+
+def at(day: int, hour: int = 0, minute: int = 0) -> int:
+    """Epoch milliseconds of `hour`:`minute` UTC on day number `day`."""
+    return day * DAY_MS + hour * HOUR_MS + minute * 60_000
+
+
+def fields(table: Any, tenant: str = "acme", customer_id: str = "c1") -> dict[str, Any]:
+    row = table.get_row(tenant, customer_id)
+    assert row is not None
+    return dict(zip(ROW_FIELDS, row, strict=True))
+
+
+def order(day: int, amount: float, hour: int = 12, **kwargs: Any) -> Any:
+    return make_touch(ts_ms=at(day, hour), kind=ORDER, amount=amount, **kwargs)
+
+
+# Purchases
+
+
+def test_orders_on_one_day_merge_into_one_transaction_timed_by_the_earliest(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+    first_day, second_day = JAN_1_1997, JAN_1_1997 + 1
+
+    table.apply(
+        [
+            order(first_day, 10.0, hour=10),
+            order(first_day, 5.5, hour=8),
+            order(second_day, 20.0, hour=12),
+            order(second_day, 1.0, hour=9),
+        ]
+    )
+
+    record = fields(table)
+    assert record["orders"] == 4
+    assert record["repeat_purchases"] == 1
+    assert record["first_purchase_day"] == first_day
+    assert record["last_purchase_day"] == second_day
+    assert record["first_purchase_ms"] == at(first_day, 8)
+    assert record["last_purchase_ms"] == at(second_day, 9)
+    assert record["first_day_spend"] == 15.5
+    assert record["repeat_spend"] == 21.0
+    assert record["late_orders"] == 0
+
+
+def test_repeat_purchases_count_distinct_days_after_the_first(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+    days = [0, 0, 3, 3, 3, 7]
+
+    table.apply([order(JAN_1_1997 + day, 1.0) for day in days])
+
+    record = fields(table)
+    assert record["orders"] == 6
+    assert record["repeat_purchases"] == 2  # days 3 and 7
+    assert record["first_day_spend"] == 2.0
+    assert record["repeat_spend"] == 4.0
+    assert record["last_purchase_day"] == JAN_1_1997 + 7
+
+
+def test_first_day_spend_and_repeat_spend_split_the_order_values(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+
+    table.apply(
+        [
+            order(JAN_1_1997, 10.0),
+            order(JAN_1_1997 + 1, 20.0),
+            order(JAN_1_1997 + 2, 30.0),
+        ]
+    )
+
+    record = fields(table)
+    assert record["first_day_spend"] == 10.0
+    assert record["repeat_spend"] == 50.0
+    assert record["repeat_purchases"] == 2
+
+
+def test_a_late_order_before_the_first_day_becomes_the_first_purchase(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+    table.apply([order(JAN_1_1997 + 5, 10.0), order(JAN_1_1997 + 9, 20.0)])
+
+    table.apply([order(JAN_1_1997 + 2, 7.0, hour=15)])
+
+    record = fields(table)
+    assert record["first_purchase_day"] == JAN_1_1997 + 2
+    assert record["first_purchase_ms"] == at(JAN_1_1997 + 2, 15)
+    assert record["first_day_spend"] == 7.0
+    # The old first transaction (day 5) is now a repeat one, like day 9.
+    assert record["repeat_purchases"] == 2
+    assert record["repeat_spend"] == 30.0
+    assert record["last_purchase_day"] == JAN_1_1997 + 9
+    assert record["last_purchase_ms"] == at(JAN_1_1997 + 9, 12)
+    assert record["late_orders"] == 1
+    assert record["orders"] == 3
+
+
+def test_a_late_order_on_the_first_day_joins_the_first_transaction(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+    table.apply([order(JAN_1_1997 + 5, 10.0, hour=12), order(JAN_1_1997 + 9, 20.0)])
+
+    table.apply([order(JAN_1_1997 + 5, 4.0, hour=8)])
+
+    record = fields(table)
+    assert record["first_purchase_day"] == JAN_1_1997 + 5
+    assert record["first_purchase_ms"] == at(JAN_1_1997 + 5, 8)
+    assert record["first_day_spend"] == 14.0
+    assert record["repeat_purchases"] == 1
+    assert record["repeat_spend"] == 20.0
+    assert record["late_orders"] == 1
+    assert record["orders"] == 3
+
+
+def test_a_late_order_between_first_and_last_day_is_a_repeat_of_its_own(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+    table.apply([order(JAN_1_1997 + 2, 10.0), order(JAN_1_1997 + 9, 20.0)])
+
+    table.apply([order(JAN_1_1997 + 5, 3.0)])
+
+    record = fields(table)
+    assert record["repeat_purchases"] == 2
+    assert record["repeat_spend"] == 23.0
+    assert record["late_orders"] == 1
+    assert record["first_purchase_day"] == JAN_1_1997 + 2
+    assert record["first_day_spend"] == 10.0
+    assert record["last_purchase_day"] == JAN_1_1997 + 9
+    assert record["last_purchase_ms"] == at(JAN_1_1997 + 9, 12)
+
+
+def test_a_customer_who_never_bought_keeps_the_no_time_marks(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+
+    table.apply([make_touch(ts_ms=at(JAN_1_1997, 9), kind=MESSAGE, channel=EMAIL)])
+
+    record = fields(table)
+    assert record["first_purchase_ms"] == NO_TIME
+    assert record["last_purchase_ms"] == NO_TIME
+    assert record["orders"] == 0
+    assert record["first_day_spend"] == 0.0
+    assert record["last_nps"] == -1
+    assert record["last_nps_ms"] == NO_TIME
+    assert record["last_event_ms"] == at(JAN_1_1997, 9)
+
+
+# Touches and service events
+
+
+def test_touches_count_inbound_and_outbound_per_channel(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+    t1, t2, t3, t4 = (at(JAN_1_1997, hour) for hour in (10, 11, 9, 12))
+
+    table.apply(
+        [
+            make_touch(ts_ms=t1, channel=WECHAT, inbound=True),
+            make_touch(ts_ms=t2, channel=EMAIL, inbound=False),
+            # Out of time order: counted, but moves no "last" time back.
+            make_touch(ts_ms=t3, channel=WECHAT, inbound=True),
+            make_touch(ts_ms=t4, channel=WECHAT, inbound=False),
+        ]
+    )
+
+    record = fields(table)
+    assert record["inbound_touches"] == (2, 0, 0, 0, 0, 0, 0, 0)
+    assert record["outbound_touches"] == (1, 1, 0, 0, 0, 0, 0, 0)
+    assert record["last_touch_ms"] == (t4, t2, -1, -1, -1, -1, -1, -1)
+    assert record["last_inbound_ms"] == t1
+    assert record["last_event_ms"] == t4
+
+
+def test_open_tickets_go_up_and_down_but_never_below_zero(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+    kinds = [
+        TICKET_RESOLVED,  # nothing open: stays 0
+        TICKET_OPENED,
+        TICKET_OPENED,
+        TICKET_RESOLVED,
+        TICKET_RESOLVED,
+        TICKET_RESOLVED,  # again nothing open
+        TICKET_OPENED,
+    ]
+
+    table.apply(
+        [
+            make_touch(ts_ms=at(JAN_1_1997, hour), kind=kind, channel=PHONE)
+            for hour, kind in enumerate(kinds)
+        ]
+    )
+
+    assert fields(table)["open_tickets"] == 1
+
+
+def test_complaints_are_counted(table_module: ModuleType) -> None:
+    table = table_module.CustomerTable()
+
+    table.apply(
+        [make_touch(ts_ms=at(JAN_1_1997, hour), kind=COMPLAINT) for hour in (1, 2, 3)]
+    )
+
+    assert fields(table)["complaints"] == 3
+
+
+def test_the_latest_nps_by_event_time_wins(table_module: ModuleType) -> None:
+    table = table_module.CustomerTable()
+    early, late = at(JAN_1_1997, 8), at(JAN_1_1997, 17)
+
+    table.apply([make_touch(ts_ms=late, kind=NPS, score=9)])
+    table.apply([make_touch(ts_ms=early, kind=NPS, score=3)])
+    record = fields(table)
+    assert (record["last_nps"], record["last_nps_ms"]) == (9, late)
+
+    # An answer at the same time as the kept one replaces it.
+    table.apply([make_touch(ts_ms=late, kind=NPS, score=5)])
+    record = fields(table)
+    assert (record["last_nps"], record["last_nps_ms"]) == (5, late)
+
+
+def test_the_latest_segment_given_wins_and_a_touch_without_one_keeps_it(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+
+    table.apply([make_touch(ts_ms=at(JAN_1_1997, 8), segment="silver")])
+    table.apply([make_touch(ts_ms=at(JAN_1_1997, 9), segment="gold")])
+    table.apply([make_touch(ts_ms=at(JAN_1_1997, 10), segment=None)])
+
+    assert fields(table)["segment"] == "gold"
+
+
+def test_refunds_add_up_without_touching_purchases(table_module: ModuleType) -> None:
+    table = table_module.CustomerTable()
+
+    table.apply(
+        [
+            order(JAN_1_1997, 20.0),
+            make_touch(ts_ms=at(JAN_1_1997 + 1), kind=REFUND, amount=5.0),
+            make_touch(ts_ms=at(JAN_1_1997 + 2), kind=REFUND, amount=2.5),
+        ]
+    )
+
+    record = fields(table)
+    assert record["refund_total"] == 7.5
+    assert record["orders"] == 1
+    assert record["first_day_spend"] == 20.0
+    assert record["repeat_spend"] == 0.0
+
+
+# The table as a whole
+
+
+def test_apply_returns_how_many_touches_it_applied(table_module: ModuleType) -> None:
+    table = table_module.CustomerTable()
+
+    applied = table.apply([make_touch(ts_ms=at(JAN_1_1997, h)) for h in range(3)])
+
+    assert applied == 3
+    assert table.apply([]) == 0
+
+
+def test_rows_are_sorted_by_tenant_then_customer_id(table_module: ModuleType) -> None:
+    table = table_module.CustomerTable()
+    keys = [("beta", "1"), ("acme", "2"), ("acme", "10"), ("acme", "1")]
+
+    table.apply(
+        [
+            make_touch(ts_ms=at(JAN_1_1997), tenant=tenant, customer_id=customer_id)
+            for tenant, customer_id in keys
+        ]
+    )
+
+    # customer ids are strings: "10" sorts before "2"
+    expected = [("acme", "1"), ("acme", "10"), ("acme", "2"), ("beta", "1")]
+    assert [row[:2] for row in table.rows()] == expected
+    assert len(table) == 4
+    assert table.get_row("acme", "10") is not None
+    assert table.get_row("acme", "3") is None
+    assert table.get_row("gamma", "1") is None
+
+
+def _history(start_day: int, end_day: int) -> list[Any]:
+    touches = []
+    for day in range(start_day, end_day):
+        for customer_id in ("c1", "c2"):
+            touches += [
+                order(JAN_1_1997 + day, 10.0 + day, customer_id=customer_id),
+                make_touch(
+                    ts_ms=at(JAN_1_1997 + day, 13),
+                    customer_id=customer_id,
+                    channel=day % 8,
+                    inbound=day % 2 == 0,
+                    kind=NPS if day % 3 == 0 else COMPLAINT,
+                    score=day % 11,
+                    segment=f"s{day}",
+                ),
+            ]
+    return touches
+
+
+def test_load_rows_of_rows_continues_exactly_like_the_original(
+    table_module: ModuleType,
+) -> None:
+    original = table_module.CustomerTable()
+    original.apply(_history(0, 5))
+
+    restored = table_module.CustomerTable()
+    restored.load_rows(original.rows())
+    assert restored.rows() == original.rows()
+
+    # Late and on-time orders after the restore land the same way in both.
+    later = _history(5, 9) + [order(JAN_1_1997 - 3, 4.0), order(JAN_1_1997 + 2, 1.0)]
+    original.apply(later)
+    restored.apply(later)
+    assert restored.rows() == original.rows()
+
+
+def test_load_rows_accepts_rows_that_went_through_msgpack(
+    table_module: ModuleType,
+) -> None:
+    original = table_module.CustomerTable()
+    original.apply(_history(0, 4))
+    # MessagePack turns tuples into lists, as in a key-group snapshot.
+    rows = msgspec.msgpack.decode(msgspec.msgpack.encode(original.rows()))
+
+    restored = table_module.CustomerTable()
+    restored.load_rows(rows)
+
+    assert restored.rows() == original.rows()
+
+
+def test_load_rows_replaces_what_the_table_held(table_module: ModuleType) -> None:
+    table = table_module.CustomerTable()
+    table.apply([make_touch(ts_ms=at(JAN_1_1997), customer_id="old")])
+    other = table_module.CustomerTable()
+    other.apply([make_touch(ts_ms=at(JAN_1_1997), customer_id="new")])
+
+    table.load_rows(other.rows())
+
+    assert [row[1] for row in table.rows()] == ["new"]
+
+
+@pytest.mark.parametrize("channel", [8, -1])
+def test_a_channel_code_out_of_range_raises_value_error(
+    table_module: ModuleType, channel: int
+) -> None:
+    table = table_module.CustomerTable()
+
+    with pytest.raises(ValueError, match=f"channel code {channel} out of range"):
+        table.apply([make_touch(ts_ms=at(JAN_1_1997), channel=channel)])
+
+
+def test_a_refused_touch_leaves_no_customer_behind(table_module: ModuleType) -> None:
+    table = table_module.CustomerTable()
+
+    with pytest.raises(ValueError):
+        table.apply([make_touch(ts_ms=at(JAN_1_1997), channel=8, customer_id="ghost")])
+
+    assert table.get_row("acme", "ghost") is None
+    assert len(table) == 0
+
+
+def test_kind_codes_match_the_event_contract(table_module: ModuleType) -> None:
+    kinds = ("order", "refund", "ticket_opened", "ticket_resolved", "complaint", "nps")
+
+    assert set(table_module.KIND_CODES) == set(kinds)
+    for kind in kinds:
+        assert table_module.KIND_CODES[kind] == operators.events.KIND_CODES[kind]
+
+
+def test_the_table_has_one_slot_per_channel(table_module: ModuleType) -> None:
+    assert table_module.CHANNEL_COUNT == len(operators.events.CHANNELS) == 8
+
+
+def test_both_implementations_are_really_different_modules() -> None:
+    assert native.table.__file__ is not None
+    assert native.table.__file__.endswith(".so")
+    assert native.table_py.__file__ is not None
+    assert native.table_py.__file__.endswith("table_py.py")
+
+
+# Native and pure agree
+
+
+def _touches() -> st.SearchStrategy[Any]:
+    return st.builds(
+        make_touch,
+        ts_ms=st.integers(at(JAN_1_1997 - 3), at(JAN_1_1997 + 30)),
+        kind=st.integers(0, 14),
+        channel=st.integers(0, 7),
+        inbound=st.booleans(),
+        amount=st.floats(0, 1e6, allow_nan=False, allow_infinity=False),
+        tenant=st.sampled_from(["acme", "beta"]),
+        customer_id=st.sampled_from(["1", "2", "10"]),
+        segment=st.sampled_from([None, "gold", "silver"]),
+        score=st.integers(0, 10),
+    )
+
+
+@settings(deadline=None, max_examples=200)
+@given(touches=st.lists(_touches(), max_size=60), split=st.integers(0, 60))
+def test_native_and_pure_tables_give_identical_rows(
+    touches: list[Any], split: int
+) -> None:
+    pure = native.table_py.CustomerTable()
+    compiled = native.table.CustomerTable()
+
+    for table in (pure, compiled):
+        table.apply(touches[:split])
+        table.apply(touches[split:])
+
+    assert compiled.rows() == pure.rows()
+    assert len(compiled) == len(pure)
+
+    # Each can resume from the other's rows.
+    swapped = native.table.CustomerTable()
+    swapped.load_rows(pure.rows())
+    assert swapped.rows() == pure.rows()

@@ -10,7 +10,9 @@ never stops the dataflow.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -26,6 +28,7 @@ from operators.events import (
     DIRECTIONS,
     KIND_CODES,
     KINDS,
+    MAX_AMOUNT,
     MAX_ATTRIBUTE_KEY,
     MAX_ATTRIBUTE_VALUE,
     MAX_ATTRIBUTES,
@@ -46,6 +49,7 @@ _MS = timedelta(milliseconds=1)
 _ENUMS = {"channel": CHANNELS, "kind": KINDS, "direction": DIRECTIONS}
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(.*)`$", re.DOTALL)
+_DECIMAL = re.compile(rb"^-?[0-9]+(?:\.[0-9]+)?$")
 _KEY = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 
 
@@ -185,6 +189,9 @@ class Decoder:
             return Rejection(position, "malformed", reason, None, self._excerpt(raw))
         except _RowError as ex:
             return Rejection(position, ex.code, ex.reason, None, self._excerpt(raw))
+        except RecursionError:
+            reason = f"malformed {self.settings.format} record: nested too deeply"
+            return Rejection(position, "malformed", reason, None, self._excerpt(raw))
         return self._normalise(position, raw, event)
 
     def _normalise(
@@ -196,7 +203,7 @@ class Decoder:
         ts = event.ts
         ts_ms = ts if isinstance(ts, int) else (ts - _EPOCH) // _MS
         if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
-            shown = ts if isinstance(ts, int) else ts.isoformat()
+            shown = ts.isoformat() if isinstance(ts, datetime) else _ms_text(ts)
             return reject(
                 "ts_out_of_range",
                 "expected `ts` from 1970-01-01 up to 2100-01-01 (RFC 3339 "
@@ -209,7 +216,7 @@ class Decoder:
             if event.kind in ("order", "refund"):
                 return reject(
                     "missing_field",
-                    f"expected `amount` on a `{event.kind}` event - got none",
+                    f"expected `amount` on an event of kind `{event.kind}` - got none",
                 )
             amount = 0.0
         elif event.currency is not None and event.currency != rule.currency:
@@ -222,14 +229,25 @@ class Decoder:
                     f"- got {event.currency}",
                 )
             amount = amount * rate
+            if amount > MAX_AMOUNT:
+                return reject(
+                    "invalid_field",
+                    f"expected `amount` in {rule.currency} to be at most "
+                    f"{MAX_AMOUNT:g} - got {amount:g} after conversion from "
+                    f"{event.currency}",
+                )
         score = -1 if event.score is None else event.score
         if event.kind == "nps" and score < 0:
             return reject(
                 "missing_field",
-                "expected `score` (0 to 10) on an `nps` event - got none",
+                "expected `score` (0 to 10) on an event of kind `nps` - got none",
             )
 
-        canonical = msgspec.structs.replace(event, ts=ts_ms)
+        # The payload's identity is its meaning: the same instant and amount
+        # in another notation or currency is the same event.
+        canonical = msgspec.structs.replace(
+            event, ts=ts_ms, amount=amount, currency=None
+        )
         digest = int.from_bytes(
             hashlib.blake2b(self._canonical.encode(canonical), digest_size=8).digest()
         )
@@ -258,7 +276,7 @@ class Decoder:
                 return msgspec.json.decode(raw)
             if self.settings.format == "msgpack":
                 return msgspec.msgpack.decode(raw)
-        except (msgspec.DecodeError, ValueError):
+        except (msgspec.DecodeError, ValueError, RecursionError):
             return _MISSING
         return self._csv_fields_seen
 
@@ -274,6 +292,7 @@ class Decoder:
     def _excerpt(self, raw: bytes) -> str | None:
         if self.settings.format == "msgpack":
             return None
+        raw = raw.replace(b"\r\n", b" ").replace(b"\n", b" ")
         text = raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace").strip()
         if len(text) > EXCERPT_CHARS:
             return text[:EXCERPT_CHARS] + "..."
@@ -288,7 +307,16 @@ class Decoder:
         return self._msgpack.decode(raw)
 
     def _parse_csv(self, position: int, raw: bytes) -> Event:
-        row = msgspec.msgpack.decode(raw, type=list[str])
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as ex:
+            msg = f"expected UTF-8 text - got byte {raw[ex.start]:#04x} at {ex.start}"
+            raise _RowError(msg, code="malformed") from None
+        try:
+            row = next(csv.reader(io.StringIO(text, newline="")), [])
+        except csv.Error as ex:
+            msg = f"malformed csv record: {ex}"
+            raise _RowError(msg, code="malformed") from None
         fields: dict[str, Any] = {}
         attributes: dict[str, str] = {}
         layout = self.settings.csv
@@ -313,7 +341,8 @@ class Decoder:
             fields["attributes"] = attributes
         fields.setdefault("tenant", self.settings.default_tenant)
         fields.setdefault("event_id", f"{self.settings.input_name}:{position}")
-        if isinstance(fields.get("ts"), str) and fields["ts"].isdigit():
+        ts = fields.get("ts")
+        if isinstance(ts, str) and ts.isascii() and ts.isdigit():
             fields["ts"] = int(fields["ts"])
         self._csv_fields_seen = fields
         return msgspec.convert(fields, Event, strict=False)
@@ -327,7 +356,11 @@ class Decoder:
                 f"got {len(parts)}"
             )
             raise _RowError(msg, code="invalid_row")
-        customer_id = parts[0].decode("utf-8", "replace")
+        try:
+            customer_id = parts[0].decode("utf-8")
+        except UnicodeDecodeError:
+            msg = "expected `customer_id` as UTF-8 text - got other bytes"
+            raise _RowError(msg, code="invalid_field") from None
         if len(customer_id) > 128:
             msg = (
                 "expected `customer_id` of at most 128 characters - got "
@@ -335,11 +368,8 @@ class Decoder:
             )
             raise _RowError(msg, code="invalid_field")
         ts_ms = self._cdnow_day_ms(parts[-3])
-        try:
-            amount = float(parts[-1])
-        except ValueError:
-            amount = math.nan
-        if not 0 <= amount <= 1e12:
+        amount = float(parts[-1]) if _DECIMAL.match(parts[-1]) else math.nan
+        if not 0 <= amount <= MAX_AMOUNT:
             shown = parts[-1].decode("utf-8", "replace")[:VALUE_CHARS]
             msg = f"expected `dollar_value` as a number from 0 to 1e12 - got {shown!r}"
             raise _RowError(msg, code="invalid_field")
@@ -420,14 +450,15 @@ def _explain_validation(message: str, record: Callable[[], Any]) -> tuple[str, s
     if path.startswith("$.attributes") or "`$.attributes`" in message:
         attributes = data.get("attributes") if isinstance(data, dict) else None
         return "invalid_field", _attributes_problem(attributes)
-    got = _describe(_value_at(data, path))
+    value = _value_at(data, path)
+    got = "" if value is _MISSING else f" - got {_describe(value)}"
     if text.startswith("Invalid enum value") and field in _ENUMS:
         options = ", ".join(_ENUMS[field])
-        return "invalid_value", f"expected `{field}` to be one of {options} - got {got}"
+        return "invalid_value", f"expected `{field}` to be one of {options}{got}"
     where = f" at `{path}`" if path != "$" else ""
     if ", got `" in text:
         return "invalid_field", f"{_lower_first(text)}{where}"
-    return "invalid_field", f"{_lower_first(text)}{where} - got {got}"
+    return "invalid_field", f"{_lower_first(text)}{where}{got}"
 
 
 def _attributes_problem(attributes: Any) -> str:
@@ -464,10 +495,16 @@ def _value_at(data: Any, path: str) -> Any:
 _MISSING = object()
 
 
+def _ms_text(ts_ms: int) -> str:
+    """Epoch milliseconds, with the date when it has one."""
+    try:
+        return f"{ts_ms} ({(_EPOCH + ts_ms * _MS).isoformat()})"
+    except OverflowError:
+        return str(ts_ms)
+
+
 def _describe(value: Any) -> str:
     """Describe a value briefly, never echoing a long one."""
-    if value is _MISSING:
-        return "a value of the wrong type"
     if isinstance(value, str):
         if len(value) > VALUE_CHARS:
             return f"a string of {len(value)} characters"

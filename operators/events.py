@@ -81,7 +81,8 @@ Attributes = Annotated[
     dict[AttributeKey, AttributeValue], msgspec.Meta(max_length=MAX_ATTRIBUTES)
 ]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)] | int
-Amount = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
+MAX_AMOUNT = 1e12
+Amount = Annotated[float, msgspec.Meta(ge=0, le=MAX_AMOUNT)]
 Score = Annotated[int, msgspec.Meta(ge=0, le=10)]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,12 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
             "lifetime value, health and interventions out."
         ),
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="lifecycle logs on standard error at this level (default: info)",
-    )
+    _add_log_level(parser, "info")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     replay = commands.add_parser(
@@ -54,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     replay.add_argument("file", type=Path, metavar="FILE", help="the input file")
+    _add_log_level(replay, argparse.SUPPRESS)
     replay.add_argument(
         "--format",
         required=True,
@@ -115,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    # Accepted before and after the command; SUPPRESS keeps the command's
+    # parser from overwriting a level given before it.
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=["debug", "info", "warning", "error"],
+        help="lifecycle logs on standard error at this level (default: info)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -123,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _replay(args)
     except UsageError as ex:
@@ -138,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("touchstream: interrupted", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM ends a run like Ctrl-C: workers stopped, exit code 1.
+    raise KeyboardInterrupt
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -192,6 +206,6 @@ def format_summary(summary: ReplaySummary, out: Path) -> str:
         f"Replay of {summary.input.name} ({summary.format}), "
         f"{summary.workers} {worker_word}, {summary.implementation} kernel",
     ]
-    lines += [f"  {name:<16}{value:>14}" for name, value in rows]
-    lines.append(f"  output          {out}/")
+    lines += [f"  {name:<18}{value:>14}" for name, value in rows]
+    lines.append(f"  {'output':<18}{out}/")
     return "\n".join(lines) + "\n"

@@ -104,11 +104,20 @@ def _load_toml(path: Path, kind: type[T]) -> T:
     try:
         return msgspec.toml.decode(data, type=kind)
     except msgspec.ValidationError as ex:
-        msg = f"{path}: {ex}"
+        msg = f"{path}: {_config_message(str(ex))}"
         raise ConfigError(msg) from None
     except msgspec.DecodeError as ex:
         msg = f"{path}: not valid TOML: {ex}"
         raise ConfigError(msg) from None
+
+
+def _config_message(message: str) -> str:
+    """msgspec's message in the style of the others: `key.path`, lowercase."""
+    text, _, path = message.partition(" - at `$")
+    text = text[:1].lower() + text[1:]
+    if not path:
+        return text
+    return f"{text} at `{path.rstrip('`').lstrip('.')}`"
 
 
 def parse_duration(text: str) -> int:
@@ -133,8 +142,11 @@ def parse_time(text: str, time_zone: str) -> int:
     """Parse an as-of time to epoch milliseconds.
 
     A date means 00:00 of that day in `time_zone`; a date and time needs an
-    offset (``1997-09-30T12:00:00+08:00`` or ``...Z``).
+    offset (``1997-09-30T12:00:00+08:00`` or ``...Z``); digits alone are
+    epoch milliseconds, as in events.
     """
+    if text.isascii() and text.isdigit():
+        return int(text)
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
@@ -146,7 +158,7 @@ def parse_time(text: str, time_zone: str) -> int:
     if moment is None or moment.tzinfo is None:
         msg = (
             "expected a date (1997-09-30) or an RFC 3339 time with an offset "
-            f"(1997-09-30T00:00:00Z) - got {text!r}"
+            f"(1997-09-30T00:00:00Z) or epoch milliseconds - got {text!r}"
         )
         raise UsageError(msg)
     return round(moment.timestamp() * 1000)

@@ -13,6 +13,9 @@ the watermark reaches key groups that bytewax cannot broadcast to.
 
 from __future__ import annotations
 
+import contextlib
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,27 @@ from stream.sources import RawBatch, RecordSource
 
 REPORT_KEY = "report"
 
+# Where this worker process records the first error raised in a step. In a
+# cluster, bytewax reports a failed step only as a panic of its connection
+# threads, so the error is kept here for the run to show (see replay.py).
+_error_log: Path | None = None
+
+
+def set_error_log(path: Path | None) -> None:
+    """Record the first step error of this process in `path`."""
+    global _error_log  # one per worker process
+    _error_log = path
+
+
+@contextlib.contextmanager
+def _reporting(step: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        if _error_log is not None and not _error_log.exists():
+            _error_log.write_text(f"in step `{step}`:\n{traceback.format_exc()}")
+        raise
+
 
 class DecodeStep:
     """Decode a raw batch and split it into one share per key group."""
@@ -46,6 +70,10 @@ class DecodeStep:
         self.names = [key_group_name(index) for index in range(key_groups)]
 
     def __call__(self, batch: RawBatch) -> list[tuple[str, Any]]:
+        with _reporting("decode"):
+            return self._split(batch)
+
+    def _split(self, batch: RawBatch) -> list[tuple[str, Any]]:
         decoded = self.decoder.decode_batch(batch.records)
         shares: list[list[Any]] = [[] for _ in range(self.key_groups)]
         for touch in decoded.touches:
@@ -78,10 +106,12 @@ class KeyGroupLogic(StatefulBatchLogic[KeyGroupBatch, Report, bytes | None]):
         self.keep_snapshots = keep_snapshots
 
     def on_batch(self, values: list[KeyGroupBatch]) -> tuple[list[Report], bool]:
-        return self.actor.on_batch(values), StatefulBatchLogic.RETAIN
+        with _reporting("key_groups"):
+            return self.actor.on_batch(values), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Report], bool]:
-        return self.actor.on_eof(), StatefulBatchLogic.RETAIN
+        with _reporting("key_groups"):
+            return self.actor.on_eof(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
         # bytewax asks for a snapshot at every epoch even without recovery;
@@ -110,6 +140,10 @@ class ReportPartition(StatelessSinkPartition[Report]):
         self.counts = Counts()
 
     def write_batch(self, items: list[Report]) -> None:
+        with _reporting("write"):
+            self._write(items)
+
+    def _write(self, items: list[Report]) -> None:
         for report in items:
             self.counts.add(report.counts)
             for rejection in report.rejections:
@@ -118,9 +152,10 @@ class ReportPartition(StatelessSinkPartition[Report]):
                 self.customers.write(orjson.dumps(customer) + b"\n")
 
     def close(self) -> None:
-        self.customers.close()
-        self.rejected.close()
-        self.counts_path.write_bytes(msgspec.json.encode(self.counts))
+        with _reporting("write"):
+            self.customers.close()
+            self.rejected.close()
+            self.counts_path.write_bytes(msgspec.json.encode(self.counts))
 
 
 def build_flow(

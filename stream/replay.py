@@ -9,12 +9,19 @@ so that the same input gives the same bytes with any number of workers.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import shutil
+import signal
 import socket
+import sys
 import time
+import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +32,11 @@ from tqdm import tqdm
 
 import native
 from operators.decode import CsvLayout, DecodeSettings, Format, TenantRule
+from operators.events import CHANNELS, DIRECTIONS, KINDS, Event
 from operators.keygroup import Counts, KeyGroupSettings
 from stream.config import Config, CsvMap, parse_time
 from stream.errors import RunError, UsageError
-from stream.flow import build_flow
+from stream.flow import build_flow, set_error_log
 from stream.sources import PartitionSpec, RecordSource, order_records, read_csv_header
 
 log = logging.getLogger(__name__)
@@ -36,7 +44,11 @@ log = logging.getLogger(__name__)
 CUSTOMERS_FILE = "customers.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 INTERVENTIONS_FILE = "interventions.jsonl"
+OUTPUT_FILES = (CUSTOMERS_FILE, REJECTED_FILE, INTERVENTIONS_FILE)
 _WORK_DIR = ".touchstream-work"
+_STOP_GRACE_S = 2.0
+_PR_SET_PDEATHSIG = 1
+_PEER_PANIC = "PanicException"
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,20 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
     if options.workers < 1:
         msg = f"expected --workers to be 1 or more - got {options.workers}"
         raise UsageError(msg)
+    if options.out.exists() and not options.out.is_dir():
+        msg = f"--out {options.out} is a file; expected a folder (made if missing)"
+        raise UsageError(msg)
+    outputs = {options.out / name for name in OUTPUT_FILES}
+    if any(options.input.resolve() == path.resolve() for path in outputs):
+        msg = f"the input {options.input} is one of the files the replay writes"
+        raise UsageError(msg)
+    if options.workers > options.config.key_groups:
+        log.warning(
+            "Replay: more workers than key groups workers=%d key_groups=%d; "
+            "the extra workers only read and decode",
+            options.workers,
+            options.config.key_groups,
+        )
     decode = _decode_settings(options)
     started = time.perf_counter()
     log.info(
@@ -108,14 +134,12 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
         native.implementation(),
     )
 
-    work = options.out / _WORK_DIR
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "parts").mkdir(parents=True)
+    work = _work_dir(options.out)
     try:
         specs = _partitions(options, decode, work)
         actor = _actor_settings(options, len(specs))
         _run_workers(options, specs, decode, actor, work)
-        counts, customers = _merge(options, work / "parts")
+        counts, customers = _merge(options, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -138,6 +162,23 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
         round(seconds * 1000),
     )
     return summary
+
+
+def _work_dir(out: Path) -> Path:
+    """Make this run's scratch folder in `out`, clearing abandoned ones.
+
+    Each run has its own (named by its process id), so that workers of a
+    killed run can never write into a later run's files.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{_WORK_DIR}-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    work = out / f"{_WORK_DIR}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "parts").mkdir(parents=True)
+    return work
 
 
 def _decode_settings(options: ReplayOptions) -> DecodeSettings:
@@ -179,6 +220,31 @@ def _csv_layout(path: Path, mapping: CsvMap) -> CsvLayout:
                     f"the header of {path.name} (columns: {', '.join(header)})"
                 )
                 raise UsageError(msg)
+    fields = [name for name in Event.__struct_fields__ if name != "attributes"]
+    for section, keys in (
+        ("columns", list(mapping.columns)),
+        ("constants", list(mapping.constants)),
+    ):
+        for name in keys:
+            if name not in fields:
+                msg = (
+                    f"[{section}] key {name!r} in the CSV map is not an event "
+                    f"field; expected one of {', '.join(fields)} (attributes go "
+                    "in [attributes])"
+                )
+                raise UsageError(msg)
+    for name, allowed in (
+        ("channel", CHANNELS),
+        ("kind", KINDS),
+        ("direction", DIRECTIONS),
+    ):
+        value = mapping.constants.get(name)
+        if value is not None and value not in allowed:
+            msg = (
+                f"[constants] {name} = {value!r} in the CSV map: expected one "
+                f"of {', '.join(allowed)}"
+            )
+            raise UsageError(msg)
     return CsvLayout(header, mapping.columns, mapping.constants, mapping.attributes)
 
 
@@ -188,14 +254,23 @@ def _partitions(
     if options.presorted:
         return [PartitionSpec(options.input, options.format)]
     started = time.perf_counter()
-    spools, count = order_records(
-        options.input,
-        options.format,
-        decode.build(),
-        options.config.key_groups,
-        options.workers,
-        work,
-    )
+    with tqdm(
+        total=options.input.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc="ordering",
+        disable=not options.progress,
+        leave=False,
+    ) as bar:
+        spools, count = order_records(
+            options.input,
+            options.format,
+            decode.build(),
+            options.config.key_groups,
+            options.workers,
+            work,
+            progress=lambda offset: bar.update(offset - bar.n),
+        )
     log.info(
         "Ordering: sorted records=%d partitions=%d took_ms=%d",
         count,
@@ -242,7 +317,11 @@ def _run_workers(
     actor: KeyGroupSettings,
     work: Path,
 ) -> None:
-    """Run one bytewax worker process per --workers, and wait for them all."""
+    """Run one bytewax worker process per --workers, and wait for them all.
+
+    If one worker fails, or the run is interrupted, the others are stopped
+    too: a bytewax worker whose peer died waits for it forever.
+    """
     context = multiprocessing.get_context("fork")
     progress = context.Value("q", 0)
     total = sum(spec.path.stat().st_size for spec in specs)
@@ -255,8 +334,8 @@ def _run_workers(
     processes = [
         context.Process(
             target=_worker_main,
-            args=(flow, addresses, index),
-            name=f"touchstream-worker-{index}",
+            args=(flow, addresses, index, work),
+            name=f"worker {index}",
         )
         for index in range(options.workers)
     ]
@@ -270,33 +349,99 @@ def _run_workers(
         disable=not options.progress,
         leave=False,
     )
+    aborted = True
     try:
         while any(process.is_alive() for process in processes):
             bar.update(progress.value - bar.n)
             if any(process.exitcode not in (None, 0) for process in processes):
                 break
-            time.sleep(0.1)
+            time.sleep(0.05)
         bar.update(progress.value - bar.n)
+        aborted = False
     finally:
         bar.close()
-        for process in processes:
-            process.join(timeout=0 if process.exitcode else None)
-            if process.is_alive():
-                process.terminate()
-                process.join()
+        _stop(processes, aborted)
     failed = [process for process in processes if process.exitcode != 0]
     if failed:
-        names = ", ".join(f"{p.name} (exit {p.exitcode})" for p in failed)
-        msg = f"replay failed: worker process {names}; see its error above"
-        raise RunError(msg)
+        raise RunError(_failure(failed, work))
 
 
-def _worker_main(flow: Any, addresses: list[str], index: int) -> None:
-    cluster_main(flow, addresses, index, worker_count_per_proc=1)  # type: ignore[no-untyped-call]
+def _failure(failed: Sequence[BaseProcess], work: Path) -> str:
+    """Say why the run failed, from the worker that failed first.
+
+    When one worker dies, its peers fail too (bytewax panics on the lost
+    connection): a worker killed by a signal, or else the earliest error
+    that is not such a panic, is the cause, and only its error is shown.
+    """
+    killed = [p for p in failed if (p.exitcode or 0) < 0 and p.exitcode != -15]
+    if killed:
+        name = signal.Signals(-(killed[0].exitcode or 0)).name
+        return f"replay failed: {killed[0].name} was killed by {name}"
+    errors = sorted(
+        (_PEER_PANIC in text, path.stat().st_mtime_ns, path.stem, text)
+        for path in work.glob("worker-*.error")
+        if (text := path.read_text())
+    )
+    if not errors:
+        first = failed[0]
+        return f"replay failed: {first.name} exited with code {first.exitcode}"
+    _, _, stem, text = errors[0]
+    return f"replay failed in {stem.replace('-', ' ')}:\n{text.rstrip()}"
 
 
-def _merge(options: ReplayOptions, parts: Path) -> tuple[Counts, int]:
-    """Merge the workers' part files into the sorted output files."""
+def _stop(processes: Sequence[BaseProcess], interrupted: bool) -> None:
+    """Wait for the workers; stop those still running after a short grace.
+
+    After a failure the others get the grace to end by themselves and say
+    why; a bytewax worker whose peer died may instead wait forever, so it is
+    then terminated. After an interrupt all are terminated at once.
+    """
+    if interrupted:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=_STOP_GRACE_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _worker_main(flow: Any, addresses: list[str], index: int, work: Path) -> None:
+    # Workers print nothing of their own; bytewax's connection retries and
+    # errors belong with the logs on standard error, not in the summary.
+    os.dup2(2, 1)
+    if sys.platform == "linux":
+        # Die with the parent, even on SIGKILL, rather than run on orphaned.
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The parent handles Ctrl-C and stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    error = work / f"worker-{index}.error"
+    set_error_log(error)
+    try:
+        cluster_main(flow, addresses, index, worker_count_per_proc=1)  # type: ignore[no-untyped-call]
+    except BaseException:
+        # The parent shows the cause; a step's own error, when one was
+        # recorded, is more telling than bytewax's panic.
+        if not error.exists():
+            error.write_text(traceback.format_exc())
+        os._exit(1)
+
+
+def _merge(options: ReplayOptions, work: Path) -> tuple[Counts, int]:
+    """Merge the workers' part files into the sorted output files.
+
+    The files are written in the scratch folder and moved into place only
+    once all three are complete, so a failed run leaves no mix of old and
+    new outputs.
+    """
+    parts = work / "parts"
     counts = Counts()
     for path in sorted(parts.glob("*.counts.json")):
         counts.add(msgspec.json.decode(path.read_bytes(), type=Counts))
@@ -305,7 +450,7 @@ def _merge(options: ReplayOptions, parts: Path) -> tuple[Counts, int]:
     for path in sorted(parts.glob("*.customers.jsonl")):
         customers.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
     customers.sort(key=lambda record: (record["tenant"], record["customer_id"]))
-    with (options.out / CUSTOMERS_FILE).open("wb") as file:
+    with (work / CUSTOMERS_FILE).open("wb") as file:
         for record in customers:
             file.write(orjson.dumps(record) + b"\n")
 
@@ -314,7 +459,7 @@ def _merge(options: ReplayOptions, parts: Path) -> tuple[Counts, int]:
     for path in sorted(parts.glob("*.rejected.jsonl")):
         rejected.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
     rejected.sort(key=lambda entry: entry["position"])
-    with (options.out / REJECTED_FILE).open("wb") as file:
+    with (work / REJECTED_FILE).open("wb") as file:
         for entry in rejected:
             row = {"input": options.input.name, position_name: entry["position"]}
             row.update(
@@ -324,5 +469,7 @@ def _merge(options: ReplayOptions, parts: Path) -> tuple[Counts, int]:
             )
             file.write(orjson.dumps(row) + b"\n")
 
-    (options.out / INTERVENTIONS_FILE).write_bytes(b"")
+    (work / INTERVENTIONS_FILE).write_bytes(b"")
+    for name in OUTPUT_FILES:
+        os.replace(work / name, options.out / name)
     return counts, len(customers)

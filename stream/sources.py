@@ -9,15 +9,13 @@ resume from a byte offset (its snapshot).
 from __future__ import annotations
 
 import csv
-import io
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
-import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators.decode import Decoder, Format
@@ -26,6 +24,11 @@ from state.routing import key_group
 RawRecord = tuple[int, bytes]
 _FRAME = struct.Struct("<QI")
 _CHUNK = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+
+# Fields of any size are read; the decode step rejects a record over
+# max_record_bytes with its size, rather than the csv module failing.
+csv.field_size_limit(2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,16 @@ def _line_records(
     for line in iter(file.readline, b""):
         line_no += 1
         offset += len(line)
-        if line_no == 1 and skip_header and _is_cdnow_header(line):
-            continue
+        if line_no == 1:
+            line = line.removeprefix(_BOM)
+            if skip_header and _is_cdnow_header(line):
+                continue
         if line.strip():
             yield (line_no, line.rstrip(b"\r\n")), offset
 
 
 def _is_cdnow_header(line: bytes) -> bool:
-    first = line.split(maxsplit=1)[:1]
-    return bool(first) and not first[0].isdigit()
+    return line.split(maxsplit=1)[:1] == [b"customer_id"]
 
 
 def read_csv_header(path: Path) -> tuple[str, ...]:
@@ -82,35 +86,36 @@ def read_csv_header(path: Path) -> tuple[str, ...]:
 
 
 def _csv_records(file: BinaryIO, offset: int) -> Iterator[tuple[RawRecord, int]]:
-    # A quoted field may span lines: a record ends where its quotes balance.
+    # The csv module decides where a record ends (a quoted field may span
+    # lines); the raw record is the exact bytes of the lines it read.
     line_no = 0
     if offset:
         line_no = file.read(offset).count(b"\n")
     else:
         header = file.readline()
         line_no, offset = 1, len(header)
-    pending: list[bytes] = []
-    start = 0
-    for line in iter(file.readline, b""):
-        line_no += 1
-        offset += len(line)
-        if not pending:
-            start = line_no
-        pending.append(line)
-        text = b"".join(pending)
-        if text.count(b'"') % 2:
-            continue
-        pending = []
-        if not text.strip():
-            continue
-        decoded = text.decode("utf-8", "replace")
-        row = next(csv.reader(io.StringIO(decoded)), [])
-        yield (start, msgspec.msgpack.encode(row)), offset
-    if pending:
-        row = next(
-            csv.reader(io.StringIO(b"".join(pending).decode("utf-8", "replace"))), []
-        )
-        yield (start, msgspec.msgpack.encode(row)), offset
+    consumed: list[bytes] = []
+
+    def lines() -> Iterator[str]:
+        for line in iter(file.readline, b""):
+            consumed.append(line)
+            yield line.decode("utf-8", "replace")
+
+    reader = csv.reader(lines())
+    while True:
+        try:
+            next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            pass  # the decode step rejects the record with the reason
+        raw = b"".join(consumed)
+        consumed.clear()
+        start = line_no + 1
+        line_no += raw.count(b"\n") + (not raw.endswith(b"\n"))
+        offset += len(raw)
+        if raw.strip():
+            yield (start, raw.rstrip(b"\r\n")), offset
 
 
 def _msgpack_records(file: BinaryIO, offset: int) -> Iterator[tuple[RawRecord, int]]:
@@ -172,6 +177,7 @@ def order_records(
     key_groups: int,
     partitions: int,
     spool_dir: Path,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[list[Path], int]:
     """Sort a file's records by event time, ties by position, into spools.
 
@@ -182,8 +188,10 @@ def order_records(
     """
     keyed: list[list[tuple[int, int, bytes]]] = [[] for _ in range(partitions)]
     count = 0
-    for (position, raw), _ in read_records(path, fmt):
+    for (position, raw), offset in read_records(path, fmt):
         count += 1
+        if progress is not None and count % 4096 == 0:
+            progress(offset)
         key = decoder.sort_key(position, raw)
         if key is None:
             keyed[0].append((-1, position, raw))

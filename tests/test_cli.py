@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import orjson
 
-from tests.support import CDNOW_SAMPLE, event, touchstream, write_jsonl
+from load_tests.generate import generate_events
+from tests.support import CDNOW_SAMPLE, ROOT, event, touchstream, write_jsonl
 
 
 def test_replay_prints_a_summary_and_exits_0_even_with_rejections(
@@ -126,15 +132,61 @@ def test_a_wrong_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert "tenants.acme.time_zone" in result.stderr
 
 
-def test_a_run_that_cannot_write_its_output_exits_1(tmp_path: Path) -> None:
+def test_an_out_that_is_a_file_is_bad_usage(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
 
     result = touchstream("replay", CDNOW_SAMPLE, "--format", "cdnow", "--out", blocked)
 
-    assert result.returncode == 1
-    assert "touchstream:" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "is a file" in result.stderr
+    assert blocked.read_text() == "not a folder"
+
+
+def test_a_replay_never_overwrites_its_own_input(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    source = write_jsonl(out / "customers.jsonl", [event()])
+
+    result = touchstream("replay", source, "--format", "jsonl", "--out", out)
+
+    assert result.returncode == 2
+    assert source.read_bytes() == write_jsonl(tmp_path / "x", [event()]).read_bytes()
+
+
+def test_a_killed_worker_fails_the_run_with_exit_1_and_stops_the_others(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "big.jsonl"
+    with source.open("wb") as file:
+        for item in generate_events(400_000, 20_000, seed=3):
+            file.write(orjson.dumps(item) + b"\n")
+    command = [sys.executable, "-m", "stream", "replay", str(source)]
+    command += ["--format", "jsonl", "--presorted", "--workers", "2"]
+    command += ["--out", str(tmp_path / "o")]
+    run = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    workers: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(workers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        workers = subprocess.run(
+            ["pgrep", "-P", str(run.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, stderr = run.communicate(timeout=60)
+
+    assert run.returncode == 1
+    assert "was killed by SIGKILL" in stderr
+    assert "Traceback" not in stderr
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
+def _is_zombie(pid: str) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 def test_a_csv_map_renames_columns_and_fills_constants(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 import msgspec
@@ -127,7 +129,10 @@ CSV_LAYOUT = CsvLayout(
 
 
 def csv_row(*cells: str) -> bytes:
-    return msgspec.msgpack.encode(list(cells))
+    """One CSV record as the source splits it: the row's own text."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator="").writerow(cells)
+    return text.getvalue().encode()
 
 
 def test_a_csv_row_maps_its_columns_and_constants_to_event_fields() -> None:

@@ -316,3 +316,30 @@ def test_a_generated_stream_of_all_channels_is_applied_whole_on_1_and_2_workers(
     assert inbound == sum(1 for e in events if e["direction"] == "inbound")
     orders = sum(record["orders"] for record in records)
     assert orders == sum(1 for e in events if e["kind"] == "order")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_error_inside_a_worker_fails_the_run_and_names_its_cause(
+    tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from operators.keygroup import KeyGroupActor
+    from stream.errors import RunError
+
+    def broken(self: object, batches: object) -> None:
+        msg = "the table is on fire"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(KeyGroupActor, "on_batch", broken)
+    source = write_jsonl(tmp_path / "e.jsonl", [event()])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "customers.jsonl").write_bytes(b"previous\n")
+
+    with pytest.raises(RunError, match="the table is on fire") as failure:
+        run_replay(
+            ReplayOptions(input=source, format="jsonl", out=out, workers=workers)
+        )
+
+    assert "replay failed in worker" in str(failure.value)
+    assert (out / "customers.jsonl").read_bytes() == b"previous\n"
+    assert not list(out.glob(".touchstream-work*"))

@@ -2,7 +2,7 @@
 that applies a batch of decoded touches to them.
 
 The pure-Python twin is ``native/table_py.py``; both keep the same state and
-give the same rows. A row is a plain tuple (see ``ROW_FIELDS``) used for
+give the same rows. A row is a plain tuple (fields: ``table_py.ROW_FIELDS``) for
 output and for snapshots.
 """
 

@@ -28,6 +28,31 @@ KIND_CODES = {
 }
 CHANNEL_COUNT = N_CHANNELS
 ROW_FORMAT = 1
+# The fields of a row, in order; the pure record keeps them as attributes.
+ROW_FIELDS = (
+    "tenant",
+    "customer_id",
+    "segment",
+    "first_purchase_ms",
+    "last_purchase_ms",
+    "first_purchase_day",
+    "last_purchase_day",
+    "repeat_purchases",
+    "orders",
+    "late_orders",
+    "first_day_spend",
+    "repeat_spend",
+    "refund_total",
+    "last_inbound_ms",
+    "last_event_ms",
+    "last_touch_ms",
+    "inbound_touches",
+    "outbound_touches",
+    "open_tickets",
+    "complaints",
+    "last_nps",
+    "last_nps_ms",
+)
 
 Row = tuple[Any, ...]
 
@@ -35,30 +60,7 @@ Row = tuple[Any, ...]
 class CustomerRecord:
     """State of one customer."""
 
-    __slots__ = (
-        "tenant",
-        "customer_id",
-        "segment",
-        "first_purchase_ms",
-        "last_purchase_ms",
-        "first_purchase_day",
-        "last_purchase_day",
-        "repeat_purchases",
-        "orders",
-        "late_orders",
-        "first_day_spend",
-        "repeat_spend",
-        "refund_total",
-        "last_inbound_ms",
-        "last_event_ms",
-        "last_touch_ms",
-        "inbound_touches",
-        "outbound_touches",
-        "open_tickets",
-        "complaints",
-        "last_nps",
-        "last_nps_ms",
-    )
+    __slots__ = ROW_FIELDS
 
     def __init__(self, tenant: str, customer_id: str) -> None:
         self.tenant = tenant

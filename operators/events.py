@@ -8,44 +8,9 @@ the key-group actor applies. The README's "Event contract" documents both.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
-
-CHANNELS = (
-    "wechat",
-    "email",
-    "meeting",
-    "phone",
-    "app",
-    "web",
-    "livestream",
-    "store",
-)
-KINDS = (
-    "message",
-    "call",
-    "meeting",
-    "visit",
-    "content_view",
-    "inquiry",
-    "order",
-    "refund",
-    "ticket_opened",
-    "ticket_resolved",
-    "complaint",
-    "nps",
-    "quote_sent",
-    "quote_timeout",
-    "stage_change",
-)
-DIRECTIONS = ("inbound", "outbound")
-CHANNEL_CODES = {name: code for code, name in enumerate(CHANNELS)}
-KIND_CODES = {name: code for code, name in enumerate(KINDS)}
-
-# Accepted event times: [1970-01-01, 2100-01-01) in epoch milliseconds.
-MIN_TS_MS = 0
-MAX_TS_MS = 4_102_444_800_000
 
 Channel = Literal[
     "wechat", "email", "meeting", "phone", "app", "web", "livestream", "store"
@@ -68,6 +33,18 @@ Kind = Literal[
     "stage_change",
 ]
 Direction = Literal["inbound", "outbound"]
+
+# The codes the kernel uses are positions in these tuples (codes are part of
+# snapshots: append new values, never reorder).
+CHANNELS: tuple[str, ...] = get_args(Channel)
+KINDS: tuple[str, ...] = get_args(Kind)
+DIRECTIONS: tuple[str, ...] = get_args(Direction)
+CHANNEL_CODES = {name: code for code, name in enumerate(CHANNELS)}
+KIND_CODES = {name: code for code, name in enumerate(KINDS)}
+
+# Accepted event times: [1970-01-01, 2100-01-01) in epoch milliseconds.
+MIN_TS_MS = 0
+MAX_TS_MS = 4_102_444_800_000
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]

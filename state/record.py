@@ -1,9 +1,9 @@
 """The customer record as users see it: rows of the key-group table turned
 into the JSON objects of ``customers.jsonl``.
 
-A row is the plain tuple a table gives (``native/table.pyx``); its fields are
-:data:`ROW_FIELDS`. Times are epoch milliseconds inside, RFC 3339 in UTC with
-milliseconds outside.
+A row is the plain tuple a table gives (``native/table.pyx`` or its twin);
+its fields are :data:`ROW_FIELDS`, the same for both. Times are epoch
+milliseconds inside, RFC 3339 in UTC with milliseconds outside.
 """
 
 from __future__ import annotations
@@ -12,36 +12,14 @@ import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from native import table_py
 from operators.events import CHANNELS
 
 DAY_MS = 86_400_000
 NO_TIME = -1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-ROW_FIELDS = (
-    "tenant",
-    "customer_id",
-    "segment",
-    "first_purchase_ms",
-    "last_purchase_ms",
-    "first_purchase_day",
-    "last_purchase_day",
-    "repeat_purchases",
-    "orders",
-    "late_orders",
-    "first_day_spend",
-    "repeat_spend",
-    "refund_total",
-    "last_inbound_ms",
-    "last_event_ms",
-    "last_touch_ms",
-    "inbound_touches",
-    "outbound_touches",
-    "open_tickets",
-    "complaints",
-    "last_nps",
-    "last_nps_ms",
-)
+ROW_FIELDS = table_py.ROW_FIELDS
 
 
 def format_time(ts_ms: int) -> str | None:

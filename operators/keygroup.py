@@ -16,10 +16,11 @@ from typing import Any
 import msgspec
 
 from native import load
+from operators.clv import CustomerValue, ValueSettings
 from operators.decode import Rejection
 from operators.dedupe import Deduper
 from operators.events import Touch
-from state.record import customer_json
+from state.record import Row, customer_json, purchase_summary
 
 _table = load("table")
 
@@ -73,6 +74,7 @@ class KeyGroupSettings(msgspec.Struct, frozen=True):
     as_of_ms: dict[str, int] = {}
     default_as_of_ms: int | None = None
     position_name: str = "line"
+    value: ValueSettings | None = None
 
     def build(self, resume_state: bytes | None = None) -> KeyGroupActor:
         return KeyGroupActor(self, resume_state)
@@ -86,6 +88,7 @@ class KeyGroupActor:
         self.table = _table.CustomerTable()
         self.deduper = Deduper(settings.dedupe_span_ms)
         self.partition_high_ms: dict[int, int] = {}
+        self.value_model = None if settings.value is None else settings.value.build()
         if resume_state is not None:
             self._restore(resume_state)
 
@@ -126,10 +129,16 @@ class KeyGroupActor:
         customers = []
         for row in self.table.rows():
             end_ms = settings.as_of_ms.get(row[0], settings.default_as_of_ms)
-            customers.append(
-                customer_json(row, last_event_ms if end_ms is None else end_ms)
-            )
+            if end_ms is None:
+                end_ms = last_event_ms
+            customers.append(customer_json(row, end_ms, self._value(row, end_ms)))
         return [Report(Counts(), customers=customers)] if customers else []
+
+    def _value(self, row: Row, end_ms: int) -> CustomerValue | None:
+        purchases = purchase_summary(row, end_ms)
+        if self.value_model is None or purchases is None:
+            return None
+        return self.value_model.evaluate(*purchases)
 
     def _dedupe(
         self, touches: list[Touch], counts: Counts, rejections: list[Rejection]

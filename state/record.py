@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from native import table_py
+from operators.clv import CustomerValue
 from operators.events import CHANNELS
 
 DAY_MS = 86_400_000
@@ -20,6 +21,11 @@ NO_TIME = -1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 ROW_FIELDS = table_py.ROW_FIELDS
+Row = tuple[Any, ...]
+_FIRST_PURCHASE = ROW_FIELDS.index("first_purchase_ms")
+_LAST_PURCHASE = ROW_FIELDS.index("last_purchase_ms")
+_REPEATS = ROW_FIELDS.index("repeat_purchases")
+_REPEAT_SPEND = ROW_FIELDS.index("repeat_spend")
 
 
 def format_time(ts_ms: int) -> str | None:
@@ -42,7 +48,25 @@ def _days(ms: int) -> float:
     return round(ms / DAY_MS, 6)
 
 
-def customer_json(row: tuple[Any, ...], end_ms: int) -> dict[str, Any]:
+def purchase_summary(
+    row: Row, end_ms: int
+) -> tuple[int, float, float, float | None] | None:
+    """(x, t_x in days, T in days, mean repeat value), or None without orders."""
+    first_ms = row[_FIRST_PURCHASE]
+    if first_ms == NO_TIME:
+        return None
+    repeats = row[_REPEATS]
+    return (
+        repeats,
+        (row[_LAST_PURCHASE] - first_ms) / DAY_MS,
+        max(0, end_ms - first_ms) / DAY_MS,
+        row[_REPEAT_SPEND] / repeats if repeats else None,
+    )
+
+
+def customer_json(
+    row: Row, end_ms: int, value: CustomerValue | None = None
+) -> dict[str, Any]:
     """Return the public view of one customer, evaluated at `end_ms`."""
     fields = dict(zip(ROW_FIELDS, row, strict=True))
     first_ms = fields["first_purchase_ms"]
@@ -78,5 +102,10 @@ def customer_json(row: tuple[Any, ...], end_ms: int) -> dict[str, Any]:
         "complaints": fields["complaints"],
         "last_nps": None if fields["last_nps"] < 0 else fields["last_nps"],
         "channels": channels,
+        "p_alive": None if value is None else value.p_alive,
+        "expected_purchases": None if value is None else value.expected_purchases,
+        "expected_order_value": None if value is None else value.expected_order_value,
+        "clv": None if value is None else value.clv,
+        "value_band": None if value is None else value.value_band,
         "evaluated_at": format_time(end_ms),
     }

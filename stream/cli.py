@@ -14,11 +14,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import orjson
 
+from operators.clv import ValueSettings
 from operators.decode import FORMATS
-from stream.config import load_config, load_csv_map
+from stream.config import load_config, load_csv_map, parse_duration
 from stream.errors import RunError, UsageError
+from stream.fit import FitOptions, run_fit
+from stream.params import load_params
 from stream.replay import ReplayOptions, ReplaySummary, run_replay
 
 EXIT_OK = 0
@@ -99,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes (default: 1); the output is the same for any N",
     )
     replay.add_argument(
+        "--params",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "model parameters printed by `touchstream fit` (default: the set "
+            "fitted on the bundled CDNOW history; the summary says which)"
+        ),
+    )
+    replay.add_argument(
+        "--horizon",
+        metavar="DURATION",
+        help="the CLV horizon, such as 39w or 273d (default: value.horizon, 52w)",
+    )
+    replay.add_argument(
         "--json",
         action="store_true",
         help="print the summary as one JSON object instead of a table",
@@ -108,6 +126,44 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "always", "never"],
         default="auto",
         help="progress bar on standard error: auto shows it on a terminal",
+    )
+    fit = commands.add_parser(
+        "fit",
+        help="fit BG/NBD and Gamma-Gamma parameters by maximum likelihood",
+        description=(
+            "Replay FILE as of --calibration-end and fit BG/NBD (purchase "
+            "frequency and dropout) and Gamma-Gamma (order value) to its "
+            "customers by maximum likelihood. Prints the parameters as JSON, "
+            "the input of `touchstream replay --params`."
+        ),
+    )
+    fit.add_argument("file", type=Path, metavar="FILE", help="the input file")
+    _add_log_level(fit, argparse.SUPPRESS)
+    fit.add_argument("--format", required=True, choices=FORMATS, help="as for replay")
+    fit.add_argument(
+        "--calibration-end",
+        required=True,
+        metavar="TIME",
+        help="fit on events with ts <= TIME (the as-of rule of replay)",
+    )
+    fit.add_argument(
+        "--time-unit",
+        choices=["week", "day"],
+        default="week",
+        help="the unit of the fitted rates (default: week)",
+    )
+    fit.add_argument("--config", type=Path, metavar="FILE", help="as for replay")
+    fit.add_argument("--csv-map", type=Path, metavar="FILE", help="as for replay")
+    fit.add_argument(
+        "--horizon",
+        metavar="DURATION",
+        help="the CLV horizon of the value bands (default: value.horizon, 52w)",
+    )
+    fit.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="as for replay"
+    )
+    fit.add_argument(
+        "--out", type=Path, metavar="FILE", help="also write the JSON to FILE"
     )
     return parser
 
@@ -133,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _replay(args)
+        return _fit(args) if args.command == "fit" else _replay(args)
     except UsageError as ex:
         parser.exit(EXIT_USAGE, f"touchstream: error: {ex}\n")
     except RunError as ex:
@@ -163,22 +219,57 @@ def _replay(args: argparse.Namespace) -> int:
         "never": False,
         "auto": sys.stderr.isatty(),
     }[args.progress]
+    config = load_config(args.config)
+    params, source = load_params(args.params)
+    horizon = parse_duration(args.horizon or config.value.horizon)
+    value = ValueSettings(
+        params,
+        horizon_days=horizon / 86_400_000,
+        margin=config.value.margin,
+        annual_discount=config.value.annual_discount,
+    )
     options = ReplayOptions(
         input=args.file,
         format=args.format,
         out=args.out,
-        config=load_config(args.config),
+        config=config,
         as_of=args.as_of,
         presorted=args.presorted,
         csv_map=None if args.csv_map is None else load_csv_map(args.csv_map),
         workers=args.workers,
         progress=progress,
+        value=value,
+        value_source=source,
     )
     summary = run_replay(options)
     if args.json:
         sys.stdout.write(orjson.dumps(summary.to_json()).decode() + "\n")
     else:
         sys.stdout.write(format_summary(summary, args.out))
+    return EXIT_OK
+
+
+def _fit(args: argparse.Namespace) -> int:
+    if args.csv_map is not None and args.format != "csv":
+        msg = "--csv-map goes with --format csv"
+        raise UsageError(msg)
+    if args.horizon is not None:
+        parse_duration(args.horizon)
+    options = FitOptions(
+        input=args.file,
+        format=args.format,
+        calibration_end=args.calibration_end,
+        time_unit=args.time_unit,
+        config=load_config(args.config),
+        csv_map=None if args.csv_map is None else load_csv_map(args.csv_map),
+        workers=args.workers,
+        horizon=args.horizon,
+    )
+    params = run_fit(options)
+    text = msgspec.json.format(msgspec.json.encode(params), indent=2) + b"\n"
+    if args.out is not None:
+        args.out.write_bytes(text)
+    sys.stdout.buffer.write(text)
     return EXIT_OK
 
 
@@ -208,4 +299,6 @@ def format_summary(summary: ReplaySummary, out: Path) -> str:
     ]
     lines += [f"  {name:<18}{value:>14}" for name, value in rows]
     lines.append(f"  {'output':<18}{out}/")
+    if summary.value_source is not None:
+        lines.append(f"  {'params':<18}{summary.value_source}")
     return "\n".join(lines) + "\n"

@@ -42,6 +42,14 @@ class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     rates: dict[Currency, Rate] = {}
 
 
+class ValueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How customer value is evaluated (see operators/clv.py for the formula)."""
+
+    horizon: str = "52w"
+    margin: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
+    annual_discount: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.10
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Every setting of a Touchstream run."""
 
@@ -52,6 +60,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2_048
     tenant_defaults: TenantConfig = TenantConfig()
     tenants: dict[Name, TenantConfig] = {}
+    value: ValueConfig = ValueConfig()
 
     def tenant(self, name: str) -> TenantConfig:
         return self.tenants.get(name, self.tenant_defaults)
@@ -74,11 +83,15 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
     config = _load_toml(path, Config)
-    try:
-        parse_duration(config.dedupe_span)
-    except UsageError as ex:
-        msg = f"{path}: {ex} at `dedupe_span`"
-        raise ConfigError(msg) from None
+    for key, text in (
+        ("dedupe_span", config.dedupe_span),
+        ("value.horizon", config.value.horizon),
+    ):
+        try:
+            parse_duration(text)
+        except UsageError as ex:
+            msg = f"{path}: {ex} at `{key}`"
+            raise ConfigError(msg) from None
     for where, tenant in [("tenant_defaults", config.tenant_defaults)] + [
         (f"tenants.{name}", tenant) for name, tenant in config.tenants.items()
     ]:

@@ -31,6 +31,7 @@ from bytewax.testing import cluster_main
 from tqdm import tqdm
 
 import native
+from operators.clv import ValueSettings
 from operators.decode import CsvLayout, DecodeSettings, Format, TenantRule
 from operators.events import CHANNELS, DIRECTIONS, KINDS, Event
 from operators.keygroup import Counts, KeyGroupSettings
@@ -64,6 +65,8 @@ class ReplayOptions:
     csv_map: CsvMap | None = None
     workers: int = 1
     progress: bool = False
+    value: ValueSettings | None = None
+    value_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class ReplaySummary:
     customers: int
     interventions: int
     seconds: float
+    value_source: str | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -89,6 +93,7 @@ class ReplaySummary:
             "format": self.format,
             "workers": self.workers,
             "kernel": self.implementation,
+            "params": self.value_source,
             "read": self.counts.read,
             "applied": self.counts.applied,
             "rejected": self.counts.rejected_total,
@@ -153,6 +158,7 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
         customers,
         0,
         seconds,
+        options.value_source,
     )
     log.info(
         "Replay: finished read=%d applied=%d rejected=%d took_ms=%d",
@@ -296,6 +302,7 @@ def _actor_settings(options: ReplayOptions, partitions: int) -> KeyGroupSettings
         as_of_ms=as_of_ms,
         default_as_of_ms=default_as_of_ms,
         position_name="offset" if options.format == "msgpack" else "line",
+        value=options.value,
     )
 
 

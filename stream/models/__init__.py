@@ -1,0 +1,1 @@
+"""Parameter sets shipped with Touchstream."""

@@ -24,12 +24,19 @@ cdef class CustomerRecord:
     cdef int32_t complaints
     cdef int32_t last_nps
     cdef int64_t last_nps_ms
+    cdef int64_t engagement_ms[8]
+    cdef double engagement_short[8]
+    cdef double engagement_long[8]
+    cdef public dict spend_by_source
 
     cdef void purchase(self, int64_t ts_ms, int64_t day, double amount)
-    cdef void touch(self, int64_t ts_ms, int channel, bint inbound)
+    cdef void touch(self, int64_t ts_ms, int channel, bint inbound,
+                    double short_ms, double long_ms)
 
 
 cdef class CustomerTable:
     cdef dict records
+    cdef readonly double short_window_ms
+    cdef readonly double long_window_ms
 
     cpdef Py_ssize_t apply(self, list touches) except -1

@@ -4,6 +4,8 @@ from typing import Any, Protocol
 KIND_CODES: dict[str, int]
 CHANNEL_COUNT: int
 ROW_FORMAT: int
+DEFAULT_SHORT_WINDOW_MS: float
+DEFAULT_LONG_WINDOW_MS: float
 
 Row = tuple[Any, ...]
 
@@ -18,17 +20,25 @@ class Touch(Protocol):
     amount: float
     segment: str | None
     score: int
+    source: str
 
 class CustomerRecord:
     tenant: str
     customer_id: str
     segment: str | None
+    spend_by_source: dict[str, float]
     def __init__(self, tenant: str, customer_id: str) -> None: ...
     def row(self) -> Row: ...
     def load_row(self, row: Row) -> None: ...
 
 class CustomerTable:
-    def __init__(self) -> None: ...
+    short_window_ms: float
+    long_window_ms: float
+    def __init__(
+        self,
+        short_window_ms: float = ...,
+        long_window_ms: float = ...,
+    ) -> None: ...
     def __len__(self) -> int: ...
     def apply(self, touches: list[Any]) -> int: ...
     def rows(self) -> list[Row]: ...

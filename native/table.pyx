@@ -6,6 +6,7 @@ give the same rows. A row is a plain tuple (fields: ``table_py.ROW_FIELDS``) for
 output and for snapshots.
 """
 
+from libc.math cimport exp
 from libc.stdint cimport int32_t, int64_t
 
 # Kind codes: positions in operators.events.KINDS (a test keeps them equal).
@@ -28,7 +29,9 @@ KIND_CODES = {
     "nps": KIND_NPS,
 }
 CHANNEL_COUNT = N_CHANNELS
-ROW_FORMAT = 1
+ROW_FORMAT = 2
+DEFAULT_SHORT_WINDOW_MS = 14 * 86_400_000.0
+DEFAULT_LONG_WINDOW_MS = 90 * 86_400_000.0
 
 
 cdef class CustomerRecord:
@@ -48,10 +51,14 @@ cdef class CustomerRecord:
         self.last_event_ms = NO_TIME
         self.last_nps = -1
         self.last_nps_ms = NO_TIME
+        self.spend_by_source = {}
         for i in range(N_CHANNELS):
             self.last_touch_ms[i] = NO_TIME
             self.inbound_touches[i] = 0
             self.outbound_touches[i] = 0
+            self.engagement_ms[i] = NO_TIME
+            self.engagement_short[i] = 0.0
+            self.engagement_long[i] = 0.0
 
     cdef void purchase(self, int64_t ts_ms, int64_t day, double amount):
         # Orders on one calendar day are one transaction, timed by its
@@ -99,15 +106,32 @@ cdef class CustomerRecord:
             self.repeat_spend += amount
         self.orders += 1
 
-    cdef void touch(self, int64_t ts_ms, int channel, bint inbound):
+    cdef void touch(self, int64_t ts_ms, int channel, bint inbound,
+                    double short_ms, double long_ms):
+        cdef double age
+
         if ts_ms > self.last_touch_ms[channel]:
             self.last_touch_ms[channel] = ts_ms
-        if inbound:
-            self.inbound_touches[channel] += 1
-            if ts_ms > self.last_inbound_ms:
-                self.last_inbound_ms = ts_ms
-        else:
+        if not inbound:
             self.outbound_touches[channel] += 1
+            return
+        self.inbound_touches[channel] += 1
+        if ts_ms > self.last_inbound_ms:
+            self.last_inbound_ms = ts_ms
+        # Exponentially weighted counts of inbound touches, short and long
+        # memory, anchored at the channel's latest inbound touch; a late
+        # touch counts with the weight it has at that anchor.
+        age = <double>(ts_ms - self.engagement_ms[channel])
+        if self.engagement_ms[channel] == NO_TIME or age >= 0:
+            if self.engagement_ms[channel] != NO_TIME:
+                self.engagement_short[channel] *= exp(-age / short_ms)
+                self.engagement_long[channel] *= exp(-age / long_ms)
+            self.engagement_short[channel] += 1.0
+            self.engagement_long[channel] += 1.0
+            self.engagement_ms[channel] = ts_ms
+        else:
+            self.engagement_short[channel] += exp(age / short_ms)
+            self.engagement_long[channel] += exp(age / long_ms)
 
     def row(self):
         """Return the whole state as a plain tuple (``ROW_FIELDS`` order)."""
@@ -134,6 +158,10 @@ cdef class CustomerRecord:
             self.complaints,
             self.last_nps,
             self.last_nps_ms,
+            tuple([self.engagement_ms[i] for i in range(N_CHANNELS)]),
+            tuple([self.engagement_short[i] for i in range(N_CHANNELS)]),
+            tuple([self.engagement_long[i] for i in range(N_CHANNELS)]),
+            tuple(sorted(self.spend_by_source.items())),
         )
 
     def load_row(self, tuple row):
@@ -161,13 +189,21 @@ cdef class CustomerRecord:
         self.complaints = row[19]
         self.last_nps = row[20]
         self.last_nps_ms = row[21]
+        for i in range(N_CHANNELS):
+            self.engagement_ms[i] = row[22][i]
+            self.engagement_short[i] = row[23][i]
+            self.engagement_long[i] = row[24][i]
+        self.spend_by_source = {source: spend for source, spend in row[25]}
 
 
 cdef class CustomerTable:
     """The customer records of one key group, by (tenant, customer_id)."""
 
-    def __cinit__(self):
+    def __cinit__(self, double short_window_ms=DEFAULT_SHORT_WINDOW_MS,
+                  double long_window_ms=DEFAULT_LONG_WINDOW_MS):
         self.records = {}
+        self.short_window_ms = short_window_ms
+        self.long_window_ms = long_window_ms
 
     def __len__(self):
         return len(self.records)
@@ -177,7 +213,7 @@ cdef class CustomerTable:
         cdef CustomerRecord record
         cdef int64_t ts_ms
         cdef int kind, channel
-        cdef object touch, key, segment
+        cdef object touch, key, segment, source
 
         for touch in touches:
             channel = touch.channel
@@ -196,10 +232,14 @@ cdef class CustomerTable:
                 record.segment = segment
             if ts_ms > record.last_event_ms:
                 record.last_event_ms = ts_ms
-            record.touch(ts_ms, channel, touch.inbound)
+            record.touch(ts_ms, channel, touch.inbound, self.short_window_ms,
+                         self.long_window_ms)
 
             if kind == KIND_ORDER:
                 record.purchase(ts_ms, touch.day, touch.amount)
+                source = touch.source
+                record.spend_by_source[source] = (
+                    record.spend_by_source.get(source, 0.0) + touch.amount)
             elif kind == KIND_REFUND:
                 record.refund_total += touch.amount
             elif kind == KIND_TICKET_OPENED:

@@ -6,6 +6,7 @@ kernel test against both implementations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,7 +28,9 @@ KIND_CODES = {
     "nps": KIND_NPS,
 }
 CHANNEL_COUNT = N_CHANNELS
-ROW_FORMAT = 1
+ROW_FORMAT = 2
+DEFAULT_SHORT_WINDOW_MS = 14 * 86_400_000.0
+DEFAULT_LONG_WINDOW_MS = 90 * 86_400_000.0
 # The fields of a row, in order; the pure record keeps them as attributes.
 ROW_FIELDS = (
     "tenant",
@@ -52,6 +55,10 @@ ROW_FIELDS = (
     "complaints",
     "last_nps",
     "last_nps_ms",
+    "engagement_ms",
+    "engagement_short",
+    "engagement_long",
+    "spend_by_source",
 )
 
 Row = tuple[Any, ...]
@@ -85,6 +92,10 @@ class CustomerRecord:
         self.complaints = 0
         self.last_nps = -1
         self.last_nps_ms = NO_TIME
+        self.engagement_ms = [NO_TIME] * N_CHANNELS
+        self.engagement_short = [0.0] * N_CHANNELS
+        self.engagement_long = [0.0] * N_CHANNELS
+        self.spend_by_source: dict[str, float] = {}
 
     def purchase(self, ts_ms: int, day: int, amount: float) -> None:
         # Orders on one calendar day are one transaction, timed by its
@@ -128,15 +139,37 @@ class CustomerRecord:
             self.repeat_spend += amount
         self.orders += 1
 
-    def touch(self, ts_ms: int, channel: int, inbound: bool) -> None:
+    def touch(
+        self,
+        ts_ms: int,
+        channel: int,
+        inbound: bool,
+        short_ms: float,
+        long_ms: float,
+    ) -> None:
         if ts_ms > self.last_touch_ms[channel]:
             self.last_touch_ms[channel] = ts_ms
-        if inbound:
-            self.inbound_touches[channel] += 1
-            if ts_ms > self.last_inbound_ms:
-                self.last_inbound_ms = ts_ms
-        else:
+        if not inbound:
             self.outbound_touches[channel] += 1
+            return
+        self.inbound_touches[channel] += 1
+        if ts_ms > self.last_inbound_ms:
+            self.last_inbound_ms = ts_ms
+        # Exponentially weighted counts of inbound touches, short and long
+        # memory, anchored at the channel's latest inbound touch; a late
+        # touch counts with the weight it has at that anchor.
+        anchor = self.engagement_ms[channel]
+        age = float(ts_ms - anchor)
+        if anchor == NO_TIME or age >= 0:
+            if anchor != NO_TIME:
+                self.engagement_short[channel] *= math.exp(-age / short_ms)
+                self.engagement_long[channel] *= math.exp(-age / long_ms)
+            self.engagement_short[channel] += 1.0
+            self.engagement_long[channel] += 1.0
+            self.engagement_ms[channel] = ts_ms
+        else:
+            self.engagement_short[channel] += math.exp(age / short_ms)
+            self.engagement_long[channel] += math.exp(age / long_ms)
 
     def row(self) -> Row:
         """Return the whole state as a plain tuple (``ROW_FIELDS`` order)."""
@@ -163,6 +196,10 @@ class CustomerRecord:
             self.complaints,
             self.last_nps,
             self.last_nps_ms,
+            tuple(self.engagement_ms),
+            tuple(self.engagement_short),
+            tuple(self.engagement_long),
+            tuple(sorted(self.spend_by_source.items())),
         )
 
     def load_row(self, row: Row) -> None:
@@ -190,6 +227,10 @@ class CustomerRecord:
             self.complaints,
             self.last_nps,
             self.last_nps_ms,
+            engagement_ms,
+            engagement_short,
+            engagement_long,
+            spend_by_source,
         ) = row
         self.first_day_spend = float(self.first_day_spend)
         self.repeat_spend = float(self.repeat_spend)
@@ -197,13 +238,23 @@ class CustomerRecord:
         self.last_touch_ms = list(last_touch_ms)
         self.inbound_touches = list(inbound_touches)
         self.outbound_touches = list(outbound_touches)
+        self.engagement_ms = list(engagement_ms)
+        self.engagement_short = [float(value) for value in engagement_short]
+        self.engagement_long = [float(value) for value in engagement_long]
+        self.spend_by_source = {source: spend for source, spend in spend_by_source}
 
 
 class CustomerTable:
     """The customer records of one key group, by (tenant, customer_id)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        short_window_ms: float = DEFAULT_SHORT_WINDOW_MS,
+        long_window_ms: float = DEFAULT_LONG_WINDOW_MS,
+    ) -> None:
         self.records: dict[tuple[str, str], CustomerRecord] = {}
+        self.short_window_ms = short_window_ms
+        self.long_window_ms = long_window_ms
 
     def __len__(self) -> int:
         return len(self.records)
@@ -228,10 +279,14 @@ class CustomerTable:
                 record.segment = touch.segment
             if ts_ms > record.last_event_ms:
                 record.last_event_ms = ts_ms
-            record.touch(ts_ms, channel, touch.inbound)
+            record.touch(
+                ts_ms, channel, touch.inbound, self.short_window_ms, self.long_window_ms
+            )
 
             if kind == KIND_ORDER:
                 record.purchase(ts_ms, touch.day, touch.amount)
+                spend = record.spend_by_source
+                spend[touch.source] = spend.get(touch.source, 0.0) + touch.amount
             elif kind == KIND_REFUND:
                 record.refund_total += touch.amount
             elif kind == KIND_TICKET_OPENED:

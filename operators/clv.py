@@ -110,6 +110,7 @@ class ValueModel:
     ) -> None:
         self.params = params
         self.margin = margin
+        self.annual_discount = annual_discount
         unit_days = DAYS_PER_UNIT[params.time_unit]
         self.unit_days = unit_days
         self.horizon = horizon_days / unit_days

@@ -20,11 +20,13 @@ from operators.clv import CustomerValue, ValueSettings
 from operators.decode import Rejection
 from operators.dedupe import Deduper
 from operators.events import Touch
+from operators.health import HealthSettings, evaluate_health
+from state.lineage import lineage_json
 from state.record import Row, customer_json, purchase_summary
 
 _table = load("table")
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 
 
 class KeyGroupBatch(msgspec.Struct, gc=False, array_like=True):
@@ -64,6 +66,7 @@ class Report(msgspec.Struct, gc=False):
     counts: Counts
     rejections: list[Rejection] = []
     customers: list[dict[str, Any]] = []
+    lineage: list[dict[str, Any]] = []
 
 
 class KeyGroupSettings(msgspec.Struct, frozen=True):
@@ -75,6 +78,7 @@ class KeyGroupSettings(msgspec.Struct, frozen=True):
     default_as_of_ms: int | None = None
     position_name: str = "line"
     value: ValueSettings | None = None
+    health: HealthSettings | None = None
 
     def build(self, resume_state: bytes | None = None) -> KeyGroupActor:
         return KeyGroupActor(self, resume_state)
@@ -85,7 +89,12 @@ class KeyGroupActor:
 
     def __init__(self, settings: KeyGroupSettings, resume_state: bytes | None) -> None:
         self.settings = settings
-        self.table = _table.CustomerTable()
+        health = settings.health
+        self.table = (
+            _table.CustomerTable()
+            if health is None
+            else _table.CustomerTable(health.short_window_ms, health.long_window_ms)
+        )
         self.deduper = Deduper(settings.dedupe_span_ms)
         self.partition_high_ms: dict[int, int] = {}
         self.value_model = None if settings.value is None else settings.value.build()
@@ -127,12 +136,23 @@ class KeyGroupActor:
         last_event_ms = max(self.partition_high_ms.values(), default=-1)
         settings = self.settings
         customers = []
+        lineage = []
+        horizon_days = None if settings.value is None else settings.value.horizon_days
         for row in self.table.rows():
             end_ms = settings.as_of_ms.get(row[0], settings.default_as_of_ms)
             if end_ms is None:
                 end_ms = last_event_ms
-            customers.append(customer_json(row, end_ms, self._value(row, end_ms)))
-        return [Report(Counts(), customers=customers)] if customers else []
+            value = self._value(row, end_ms)
+            health = None
+            if settings.health is not None:
+                health = evaluate_health(
+                    row, end_ms, value, horizon_days, settings.health
+                )
+            customers.append(customer_json(row, end_ms, value, health))
+            lineage.append(lineage_json(row, end_ms, self.value_model, value, health))
+        if not customers:
+            return []
+        return [Report(Counts(), customers=customers, lineage=lineage)]
 
     def _value(self, row: Row, end_ms: int) -> CustomerValue | None:
         purchases = purchase_summary(row, end_ms)

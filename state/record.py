@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from native import table_py
-from operators.clv import CustomerValue
 from operators.events import CHANNELS
+
+if TYPE_CHECKING:
+    from operators.clv import CustomerValue
+    from operators.health import Health
 
 DAY_MS = 86_400_000
 NO_TIME = -1
@@ -65,7 +68,10 @@ def purchase_summary(
 
 
 def customer_json(
-    row: Row, end_ms: int, value: CustomerValue | None = None
+    row: Row,
+    end_ms: int,
+    value: CustomerValue | None = None,
+    health: Health | None = None,
 ) -> dict[str, Any]:
     """Return the public view of one customer, evaluated at `end_ms`."""
     fields = dict(zip(ROW_FIELDS, row, strict=True))
@@ -107,5 +113,7 @@ def customer_json(
         "expected_order_value": None if value is None else value.expected_order_value,
         "clv": None if value is None else value.clv,
         "value_band": None if value is None else value.value_band,
+        "health": None if health is None else round(health.score, 2),
+        "health_band": None if health is None else health.band,
         "evaluated_at": format_time(end_ms),
     }

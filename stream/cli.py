@@ -19,7 +19,7 @@ import orjson
 
 from operators.clv import ValueSettings
 from operators.decode import FORMATS
-from stream.config import load_config, load_csv_map, parse_duration
+from stream.config import health_settings, load_config, load_csv_map, parse_duration
 from stream.errors import RunError, UsageError
 from stream.fit import FitOptions, run_fit
 from stream.params import load_params
@@ -240,6 +240,7 @@ def _replay(args: argparse.Namespace) -> int:
         progress=progress,
         value=value,
         value_source=source,
+        health=health_settings(config),
     )
     summary = run_replay(options)
     if args.json:

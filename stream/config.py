@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, time
+from importlib import resources
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from operators.events import CHANNELS, Channel
+from operators.health import HealthSettings, HealthTemplate
 from state.routing import DEFAULT_KEY_GROUPS
 from stream.errors import ConfigError, UsageError
 
@@ -22,6 +25,9 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Rate = Annotated[float, msgspec.Meta(gt=0)]
 
 T = TypeVar("T")
+Component = Literal[
+    "p_alive", "recency", "engagement_trend", "service", "nps", "value_trend"
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_MS = {
@@ -35,11 +41,39 @@ _UNIT_MS = {
 
 
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A tenant's currency, time zone and exchange rates into its currency."""
+    """A tenant's currency, time zone, exchange rates and health template."""
 
     currency: Currency = "USD"
     time_zone: str = "UTC"
     rates: dict[Currency, Rate] = {}
+    health_template: str | None = None
+
+
+class HealthConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Which health template applies, the trend windows and the bands."""
+
+    template: str = "default"
+    short_window: str = "14d"
+    long_window: str = "90d"
+    red_below: Annotated[float, msgspec.Meta(ge=0, le=100)] = 40.0
+    green_from: Annotated[float, msgspec.Meta(ge=0, le=100)] = 70.0
+
+
+Weight = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class TemplateParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    recency_half_life: str = "30d"
+    open_ticket_penalty: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.20
+    complaint_penalty: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.25
+
+
+class TemplateFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A health template file (``stream/templates/NAME.toml``)."""
+
+    weights: dict[Component, Weight]
+    channels: dict[Channel, Weight] = {}
+    params: TemplateParams = TemplateParams()
 
 
 class ValueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -61,6 +95,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tenant_defaults: TenantConfig = TenantConfig()
     tenants: dict[Name, TenantConfig] = {}
     value: ValueConfig = ValueConfig()
+    health: HealthConfig = HealthConfig()
 
     def tenant(self, name: str) -> TenantConfig:
         return self.tenants.get(name, self.tenant_defaults)
@@ -86,6 +121,8 @@ def load_config(path: Path | None) -> Config:
     for key, text in (
         ("dedupe_span", config.dedupe_span),
         ("value.horizon", config.value.horizon),
+        ("health.short_window", config.health.short_window),
+        ("health.long_window", config.health.long_window),
     ):
         try:
             parse_duration(text)
@@ -100,7 +137,81 @@ def load_config(path: Path | None) -> Config:
         except UsageError as ex:
             msg = f"{path}: {ex} at `{where}.time_zone`"
             raise ConfigError(msg) from None
+    try:
+        health_settings(config)
+    except UsageError as ex:
+        msg = f"{path}: {ex}"
+        raise ConfigError(msg) from None
     return config
+
+
+def health_settings(config: Config) -> HealthSettings:
+    """The health settings of a configuration, with its templates loaded.
+
+    A template is a name shipped in ``stream/templates/`` (default, retail,
+    saas, manufacturing, education) or the path of a TOML file of the same
+    form.
+    """
+    loaded: dict[str, HealthTemplate] = {}
+
+    def template(name: str, where: str) -> HealthTemplate:
+        if name not in loaded:
+            loaded[name] = _load_template(name, where)
+        return loaded[name]
+
+    health = config.health
+    return HealthSettings(
+        default=template(health.template, "health.template"),
+        tenants={
+            tenant: template(settings.health_template, f"tenants.{tenant}")
+            for tenant, settings in config.tenants.items()
+            if settings.health_template is not None
+        },
+        short_window_ms=float(parse_duration(health.short_window)),
+        long_window_ms=float(parse_duration(health.long_window)),
+        red_below=health.red_below,
+        green_from=health.green_from,
+    )
+
+
+def _load_template(name: str, where: str) -> HealthTemplate:
+    shipped = resources.files("stream.templates").joinpath(f"{name}.toml")
+    if name.endswith(".toml"):
+        path = Path(name)
+        if not path.is_file():
+            msg = f"health template file {name} does not exist (at `{where}`)"
+            raise UsageError(msg)
+        data = path.read_bytes()
+    elif shipped.is_file():
+        data = shipped.read_bytes()
+    else:
+        names = sorted(
+            entry.name.removesuffix(".toml")
+            for entry in resources.files("stream.templates").iterdir()
+            if entry.name.endswith(".toml")
+        )
+        msg = (
+            f"expected a health template ({', '.join(names)}) or a .toml path "
+            f"at `{where}` - got {name!r}"
+        )
+        raise UsageError(msg)
+    try:
+        parsed = msgspec.toml.decode(data, type=TemplateFile)
+        half_life = parse_duration(parsed.params.recency_half_life)
+    except (msgspec.ValidationError, msgspec.DecodeError, UsageError) as ex:
+        msg = f"health template {name}: {_config_message(str(ex))}"
+        raise UsageError(msg) from None
+    return HealthTemplate(
+        name=Path(name).stem,
+        weights={str(name): weight for name, weight in parsed.weights.items()},
+        channel_weights=tuple(
+            {str(c): w for c, w in parsed.channels.items()}.get(channel, 1.0)
+            for channel in CHANNELS
+        ),
+        recency_half_life_ms=float(half_life),
+        open_ticket_penalty=parsed.params.open_ticket_penalty,
+        complaint_penalty=parsed.params.complaint_penalty,
+    )
 
 
 def load_csv_map(path: Path) -> CsvMap:

@@ -136,6 +136,7 @@ class ReportPartition(StatelessSinkPartition[Report]):
         prefix = parts_dir / f"worker-{worker_index}"
         self.counts_path = prefix.with_suffix(".counts.json")
         self.customers = prefix.with_suffix(".customers.jsonl").open("wb")
+        self.lineage = prefix.with_suffix(".lineage.jsonl").open("wb")
         self.rejected = prefix.with_suffix(".rejected.jsonl").open("wb")
         self.counts = Counts()
 
@@ -150,10 +151,13 @@ class ReportPartition(StatelessSinkPartition[Report]):
                 self.rejected.write(msgspec.json.encode(rejection) + b"\n")
             for customer in report.customers:
                 self.customers.write(orjson.dumps(customer) + b"\n")
+            for lineage in report.lineage:
+                self.lineage.write(orjson.dumps(lineage) + b"\n")
 
     def close(self) -> None:
         with _reporting("write"):
             self.customers.close()
+            self.lineage.close()
             self.rejected.close()
             self.counts_path.write_bytes(msgspec.json.encode(self.counts))
 

@@ -34,6 +34,7 @@ import native
 from operators.clv import ValueSettings
 from operators.decode import CsvLayout, DecodeSettings, Format, TenantRule
 from operators.events import CHANNELS, DIRECTIONS, KINDS, Event
+from operators.health import HealthSettings
 from operators.keygroup import Counts, KeyGroupSettings
 from stream.config import Config, CsvMap, parse_time
 from stream.errors import RunError, UsageError
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 CUSTOMERS_FILE = "customers.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 INTERVENTIONS_FILE = "interventions.jsonl"
-OUTPUT_FILES = (CUSTOMERS_FILE, REJECTED_FILE, INTERVENTIONS_FILE)
+LINEAGE_FILE = "lineage.jsonl"
+OUTPUT_FILES = (CUSTOMERS_FILE, REJECTED_FILE, INTERVENTIONS_FILE, LINEAGE_FILE)
 _WORK_DIR = ".touchstream-work"
 _STOP_GRACE_S = 2.0
 _PR_SET_PDEATHSIG = 1
@@ -67,6 +69,7 @@ class ReplayOptions:
     progress: bool = False
     value: ValueSettings | None = None
     value_source: str | None = None
+    health: HealthSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,7 @@ def _actor_settings(options: ReplayOptions, partitions: int) -> KeyGroupSettings
         default_as_of_ms=default_as_of_ms,
         position_name="offset" if options.format == "msgpack" else "line",
         value=options.value,
+        health=options.health,
     )
 
 
@@ -453,13 +457,8 @@ def _merge(options: ReplayOptions, work: Path) -> tuple[Counts, int]:
     for path in sorted(parts.glob("*.counts.json")):
         counts.add(msgspec.json.decode(path.read_bytes(), type=Counts))
 
-    customers: list[dict[str, Any]] = []
-    for path in sorted(parts.glob("*.customers.jsonl")):
-        customers.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
-    customers.sort(key=lambda record: (record["tenant"], record["customer_id"]))
-    with (work / CUSTOMERS_FILE).open("wb") as file:
-        for record in customers:
-            file.write(orjson.dumps(record) + b"\n")
+    customers = _merge_sorted(parts, "customers", work / CUSTOMERS_FILE)
+    _merge_sorted(parts, "lineage", work / LINEAGE_FILE)
 
     position_name = "offset" if options.format == "msgpack" else "line"
     rejected: list[dict[str, Any]] = []
@@ -479,4 +478,16 @@ def _merge(options: ReplayOptions, work: Path) -> tuple[Counts, int]:
     (work / INTERVENTIONS_FILE).write_bytes(b"")
     for name in OUTPUT_FILES:
         os.replace(work / name, options.out / name)
-    return counts, len(customers)
+    return counts, customers
+
+
+def _merge_sorted(parts: Path, kind: str, target: Path) -> int:
+    """Merge per-worker JSON lines of customers into one file, sorted."""
+    records: list[dict[str, Any]] = []
+    for path in sorted(parts.glob(f"*.{kind}.jsonl")):
+        records.extend(orjson.loads(line) for line in path.read_bytes().splitlines())
+    records.sort(key=lambda record: (record["tenant"], record["customer_id"]))
+    with target.open("wb") as file:
+        for record in records:
+            file.write(orjson.dumps(record) + b"\n")
+    return len(records)

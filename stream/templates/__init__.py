@@ -1,0 +1,1 @@
+"""Health templates shipped with Touchstream, one TOML file per industry."""

@@ -21,6 +21,7 @@ from operators.clv import ValueSettings
 from operators.decode import FORMATS
 from stream.config import health_settings, load_config, load_csv_map, parse_duration
 from stream.errors import RunError, UsageError
+from stream.explain import find_lineage, format_lineage
 from stream.fit import FitOptions, run_fit
 from stream.params import load_params
 from stream.replay import ReplayOptions, ReplaySummary, run_replay
@@ -165,6 +166,28 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--out", type=Path, metavar="FILE", help="also write the JSON to FILE"
     )
+    explain = commands.add_parser(
+        "explain",
+        help="show where a customer's CLV and health come from",
+        description=(
+            "Explain one customer's CLV and health from the lineage.jsonl of "
+            "a replay's output folder: the model inputs and parameter set, "
+            "the spend per source and each health component."
+        ),
+    )
+    explain.add_argument("customer_id", metavar="CUSTOMER_ID")
+    _add_log_level(explain, argparse.SUPPRESS)
+    explain.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out"),
+        metavar="DIR",
+        help="the replay's output folder (default: out)",
+    )
+    explain.add_argument("--tenant", help="the customer's tenant, if ids repeat")
+    explain.add_argument(
+        "--json", action="store_true", help="print the lineage as JSON"
+    )
     return parser
 
 
@@ -189,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _fit(args) if args.command == "fit" else _replay(args)
+        command = {"fit": _fit, "explain": _explain, "replay": _replay}
+        return command[args.command](args)
     except UsageError as ex:
         parser.exit(EXIT_USAGE, f"touchstream: error: {ex}\n")
     except RunError as ex:
@@ -247,6 +271,16 @@ def _replay(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(summary.to_json()).decode() + "\n")
     else:
         sys.stdout.write(format_summary(summary, args.out))
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    lineage = find_lineage(args.out, args.customer_id, args.tenant)
+    if args.json:
+        sys.stdout.write(orjson.dumps(lineage, option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_lineage(lineage))
     return EXIT_OK
 
 

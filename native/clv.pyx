@@ -116,19 +116,21 @@ def p_alive(double x, double t_x, double T, double r, double alpha,
 
 
 def bgnbd_sum(double[:] x, double[:] t_x, double[:] T, double r,
-              double alpha, double a, double b):
-    """Total log-likelihood and its gradient in (r, alpha, a, b)."""
+              double alpha, double a, double b, double[:] count=None):
+    """Total log-likelihood and its gradient in (r, alpha, a, b).
+
+    `count`, when given, is how many customers share each (x, t_x, T).
+    """
     cdef Py_ssize_t i, n = x.shape[0]
     cdef double ll = 0.0, d_r = 0.0, d_alpha = 0.0, d_a = 0.0, d_b = 0.0
-    cdef double xi, a3, a4, top, w3, w4, log_t, log_tx
+    cdef double xi, a3, a4, top, w3, w4, log_t, log_tx, ci
     cdef double psi_r = digamma(r), psi_b = digamma(b)
     cdef double psi_ab = digamma(a + b), log_alpha = log(alpha)
 
     for i in range(n):
         xi = x[i]
+        ci = 1.0 if count is None else count[i]
         log_t = log(alpha + T[i])
-        ll += (log_gamma(r + xi) - log_gamma(r) + r * log_alpha + log_gamma(a + b)
-               + log_gamma(b + xi) - log_gamma(b) - log_gamma(a + b + xi))
         a3 = -(r + xi) * log_t
         if xi > 0:
             log_tx = log(alpha + t_x[i])
@@ -141,39 +143,43 @@ def bgnbd_sum(double[:] x, double[:] t_x, double[:] T, double r,
             top = a3
             w3 = 1.0
             w4 = 0.0
-        ll += top
-        d_r += (digamma(r + xi) - psi_r + log_alpha
-                - w3 * log_t - w4 * log_tx)
-        d_alpha += (r / alpha - w3 * (r + xi) / (alpha + T[i])
-                    - w4 * (r + xi) / (alpha + t_x[i]))
-        d_a += psi_ab - digamma(a + b + xi) + w4 / a
-        d_b += (psi_ab + digamma(b + xi) - psi_b - digamma(a + b + xi)
-                - (w4 / (b + xi - 1.0) if xi > 0 else 0.0))
+        ll += ci * (log_gamma(r + xi) - log_gamma(r) + r * log_alpha
+                    + log_gamma(a + b) + log_gamma(b + xi) - log_gamma(b)
+                    - log_gamma(a + b + xi) + top)
+        d_r += ci * (digamma(r + xi) - psi_r + log_alpha
+                     - w3 * log_t - w4 * log_tx)
+        d_alpha += ci * (r / alpha - w3 * (r + xi) / (alpha + T[i])
+                         - w4 * (r + xi) / (alpha + t_x[i]))
+        d_a += ci * (psi_ab - digamma(a + b + xi) + w4 / a)
+        d_b += ci * (psi_ab + digamma(b + xi) - psi_b - digamma(a + b + xi)
+                     - (w4 / (b + xi - 1.0) if xi > 0 else 0.0))
     return ll, (d_r, d_alpha, d_a, d_b)
 
 
 def gamma_gamma_sum(double[:] x, double[:] mean_value, double p, double q,
-                    double v):
+                    double v, double[:] count=None):
     """Gamma-Gamma log-likelihood over repeat customers, with its gradient.
 
     `x` is the number of repeat transactions (> 0) and `mean_value` their
-    mean value.
+    mean value; `count`, when given, how many customers share each pair.
     """
     cdef Py_ssize_t i, n = x.shape[0]
     cdef double ll = 0.0, d_p = 0.0, d_q = 0.0, d_v = 0.0
-    cdef double xi, mi, px, total, psi_q = digamma(q), log_v = log(v)
+    cdef double xi, mi, px, total, ci, psi_q = digamma(q), log_v = log(v)
 
     for i in range(n):
         xi = x[i]
         mi = mean_value[i]
+        ci = 1.0 if count is None else count[i]
         px = p * xi
         total = xi * mi + v
-        ll += (log_gamma(px + q) - log_gamma(px) - log_gamma(q) + q * log_v
-               + (px - 1.0) * log(mi) + px * log(xi) - (px + q) * log(total))
-        d_p += xi * (digamma(px + q) - digamma(px) + log(mi) + log(xi)
-                     - log(total))
-        d_q += digamma(px + q) - psi_q + log_v - log(total)
-        d_v += q / v - (px + q) / total
+        ll += ci * (log_gamma(px + q) - log_gamma(px) - log_gamma(q)
+                    + q * log_v + (px - 1.0) * log(mi) + px * log(xi)
+                    - (px + q) * log(total))
+        d_p += ci * xi * (digamma(px + q) - digamma(px) + log(mi) + log(xi)
+                          - log(total))
+        d_q += ci * (digamma(px + q) - psi_q + log_v - log(total))
+        d_v += ci * (q / v - (px + q) / total)
     return ll, (d_p, d_q, d_v)
 
 

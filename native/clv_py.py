@@ -118,24 +118,20 @@ def bgnbd_sum(
     alpha: float,
     a: float,
     b: float,
+    count: Sequence[float] | None = None,
 ) -> tuple[float, tuple[float, float, float, float]]:
-    """Total log-likelihood and its gradient in (r, alpha, a, b)."""
+    """Total log-likelihood and its gradient in (r, alpha, a, b).
+
+    `count`, when given, is how many customers share each (x, t_x, T).
+    """
     lgamma, log, exp = log_gamma, math.log, math.exp
     ll = d_r = d_alpha = d_a = d_b = 0.0
     psi_r, psi_b, psi_ab = digamma(r), digamma(b), digamma(a + b)
     log_alpha = log(alpha)
     for i in range(len(x)):
         xi = float(x[i])
+        ci = 1.0 if count is None else float(count[i])
         log_t = log(alpha + T[i])
-        ll += (
-            lgamma(r + xi)
-            - lgamma(r)
-            + r * log_alpha
-            + lgamma(a + b)
-            + lgamma(b + xi)
-            - lgamma(b)
-            - lgamma(a + b + xi)
-        )
         a3 = -(r + xi) * log_t
         if xi > 0:
             log_tx = log(alpha + t_x[i])
@@ -148,15 +144,24 @@ def bgnbd_sum(
             top = a3
             w3 = 1.0
             w4 = 0.0
-        ll += top
-        d_r += digamma(r + xi) - psi_r + log_alpha - w3 * log_t - w4 * log_tx
-        d_alpha += (
+        ll += ci * (
+            lgamma(r + xi)
+            - lgamma(r)
+            + r * log_alpha
+            + lgamma(a + b)
+            + lgamma(b + xi)
+            - lgamma(b)
+            - lgamma(a + b + xi)
+            + top
+        )
+        d_r += ci * (digamma(r + xi) - psi_r + log_alpha - w3 * log_t - w4 * log_tx)
+        d_alpha += ci * (
             r / alpha
             - w3 * (r + xi) / (alpha + T[i])
             - w4 * (r + xi) / (alpha + t_x[i])
         )
-        d_a += psi_ab - digamma(a + b + xi) + w4 / a
-        d_b += (
+        d_a += ci * (psi_ab - digamma(a + b + xi) + w4 / a)
+        d_b += ci * (
             psi_ab
             + digamma(b + xi)
             - psi_b
@@ -167,7 +172,12 @@ def bgnbd_sum(
 
 
 def gamma_gamma_sum(
-    x: Sequence[float], mean_value: Sequence[float], p: float, q: float, v: float
+    x: Sequence[float],
+    mean_value: Sequence[float],
+    p: float,
+    q: float,
+    v: float,
+    count: Sequence[float] | None = None,
 ) -> tuple[float, tuple[float, float, float]]:
     """Gamma-Gamma log-likelihood over repeat customers, with its gradient."""
     lgamma, log = log_gamma, math.log
@@ -176,9 +186,10 @@ def gamma_gamma_sum(
     for i in range(len(x)):
         xi = float(x[i])
         mi = float(mean_value[i])
+        ci = 1.0 if count is None else float(count[i])
         px = p * xi
         total = xi * mi + v
-        ll += (
+        ll += ci * (
             lgamma(px + q)
             - lgamma(px)
             - lgamma(q)
@@ -187,9 +198,11 @@ def gamma_gamma_sum(
             + px * log(xi)
             - (px + q) * log(total)
         )
-        d_p += xi * (digamma(px + q) - digamma(px) + log(mi) + log(xi) - log(total))
-        d_q += digamma(px + q) - psi_q + log_v - log(total)
-        d_v += q / v - (px + q) / total
+        d_p += (
+            ci * xi * (digamma(px + q) - digamma(px) + log(mi) + log(xi) - log(total))
+        )
+        d_q += ci * (digamma(px + q) - psi_q + log_v - log(total))
+        d_v += ci * (q / v - (px + q) / total)
     return ll, (d_p, d_q, d_v)
 
 

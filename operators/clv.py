@@ -170,13 +170,13 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbd:
     """Maximum-likelihood BG/NBD parameters for (x, t_x, T) per customer."""
     import numpy as np
 
-    arrays = [np.ascontiguousarray(v, dtype=np.float64) for v in (x, t_x, T)]
-    count = len(arrays[0])
-    scale = float(np.mean(arrays[2])) or 1.0
+    arrays, counts = _distinct(x, t_x, T)
+    count = float(counts.sum())
+    scale = float(np.average(arrays[2], weights=counts)) or 1.0
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         r, alpha, a, b = np.exp(theta)
-        ll, grad = _clv.bgnbd_sum(*arrays, r, alpha, a, b)
+        ll, grad = _clv.bgnbd_sum(*arrays, r, alpha, a, b, counts)
         return -ll / count, -np.asarray(grad) * np.exp(theta) / count
 
     starts = [
@@ -186,7 +186,7 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbd:
     ]
     best = _minimise(objective, starts)
     r, alpha, a, b = (float(value) for value in np.exp(best.x))
-    ll, _ = _clv.bgnbd_sum(*arrays, r, alpha, a, b)
+    ll, _ = _clv.bgnbd_sum(*arrays, r, alpha, a, b, counts)
     return BgNbd(r, alpha, a, b, float(ll))
 
 
@@ -194,22 +194,35 @@ def fit_gamma_gamma(x: ArrayLike, mean_value: ArrayLike) -> GammaGamma:
     """Maximum-likelihood Gamma-Gamma parameters over repeat customers."""
     import numpy as np
 
-    arrays = [
-        np.ascontiguousarray(values, dtype=np.float64) for values in (x, mean_value)
-    ]
-    count = len(arrays[0])
-    scale = float(np.mean(arrays[1])) or 1.0
+    arrays, counts = _distinct(x, mean_value)
+    count = float(counts.sum())
+    scale = float(np.average(arrays[1], weights=counts)) or 1.0
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         p, q, v = np.exp(theta)
-        ll, grad = _clv.gamma_gamma_sum(*arrays, p, q, v)
+        ll, grad = _clv.gamma_gamma_sum(*arrays, p, q, v, counts)
         return -ll / count, -np.asarray(grad) * np.exp(theta) / count
 
     starts = [(1.0, 2.0, scale), (5.0, 3.0, scale * 2), (1.0, 1.5, scale / 2)]
     best = _minimise(objective, starts)
     p, q, v = (float(value) for value in np.exp(best.x))
-    ll, _ = _clv.gamma_gamma_sum(*arrays, p, q, v)
+    ll, _ = _clv.gamma_gamma_sum(*arrays, p, q, v, counts)
     return GammaGamma(p, q, v, float(ll))
+
+
+def _distinct(*columns: ArrayLike) -> tuple[list[Any], Any]:
+    """The distinct rows of the columns, and how many times each occurs.
+
+    Customers with the same history have the same likelihood: many share
+    one (x = 0 and the same first-purchase day, say), so the fit sums over
+    distinct rows, weighted by their counts.
+    """
+    import numpy as np
+
+    table = np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
+    rows, counts = np.unique(table, axis=0, return_counts=True)
+    arrays = [np.ascontiguousarray(rows[:, i]) for i in range(rows.shape[1])]
+    return arrays, np.ascontiguousarray(counts, dtype=np.float64)
 
 
 def _minimise(

@@ -174,6 +174,29 @@ def test_the_sum_of_log_likelihoods_is_the_one_customer_function(
     assert zero == pytest.approx(by_hand, rel=1e-13)
 
 
+def test_counted_rows_sum_like_the_same_rows_repeated(kernel: ModuleType) -> None:
+    x, t_x, T = np.array([2.0, 0.0]), np.array([30.43, 0.0]), np.array([38.86, 20.0])
+    mean = np.array([20.0, 31.5])
+    counts = np.array([3.0, 2.0])
+    repeat = np.array([0, 0, 0, 1, 1])
+
+    counted, counted_grad = kernel.bgnbd_sum(x, t_x, T, *PUBLISHED, counts)
+    repeated, repeated_grad = kernel.bgnbd_sum(
+        x[repeat], t_x[repeat], T[repeat], *PUBLISHED
+    )
+    spend, spend_grad = kernel.gamma_gamma_sum(
+        np.array([2.0, 5.0]), mean, 6.25, 3.74, 15.44, counts
+    )
+    spend_repeated, spend_repeated_grad = kernel.gamma_gamma_sum(
+        np.array([2.0, 5.0])[repeat], mean[repeat], 6.25, 3.74, 15.44
+    )
+
+    assert counted == pytest.approx(repeated, rel=1e-13)
+    assert counted_grad == pytest.approx(repeated_grad, rel=1e-12)
+    assert spend == pytest.approx(spend_repeated, rel=1e-13)
+    assert spend_grad == pytest.approx(spend_repeated_grad, rel=1e-12)
+
+
 def test_gamma_gamma_expected_value_is_the_weighted_mean_by_hand(
     kernel: ModuleType,
 ) -> None:

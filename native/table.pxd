@@ -28,6 +28,14 @@ cdef class CustomerRecord:
     cdef double engagement_short[8]
     cdef double engagement_long[8]
     cdef public dict spend_by_source
+    cdef int64_t silence_deadline_ms
+    cdef int64_t silent_since_ms
+    cdef int32_t last_inbound_channel
+    cdef double window_clv
+    cdef int32_t decline_run
+    cdef double decline_cusum
+    cdef int32_t at_risk
+    cdef int32_t health_band
 
     cdef void purchase(self, int64_t ts_ms, int64_t day, double amount)
     cdef void touch(self, int64_t ts_ms, int channel, bint inbound,
@@ -38,5 +46,14 @@ cdef class CustomerTable:
     cdef dict records
     cdef readonly double short_window_ms
     cdef readonly double long_window_ms
+    cdef readonly int64_t silence_window_ms
+    cdef readonly object silence_window
+    cdef list timers
 
-    cpdef Py_ssize_t apply(self, list touches) except -1
+    cpdef Py_ssize_t apply(self, list touches, int64_t watermark_ms=*,
+                           bint ordered=*, object signals=*) except -1
+    cdef void _silence(self, CustomerRecord record, object touch,
+                       int64_t previous_inbound_ms, int64_t watermark_ms,
+                       object signals) except *
+    cpdef Py_ssize_t fire(self, int64_t limit_ms, bint inclusive,
+                          object signals) except -1

@@ -1,9 +1,11 @@
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 KIND_CODES: dict[str, int]
 CHANNEL_COUNT: int
 ROW_FORMAT: int
+SIGNAL_SILENCE: int
+SIGNAL_SILENCE_ENDED: int
 DEFAULT_SHORT_WINDOW_MS: float
 DEFAULT_LONG_WINDOW_MS: float
 
@@ -21,6 +23,10 @@ class Touch(Protocol):
     segment: str | None
     score: int
     source: str
+    event_id: str
+
+class SignalSink(Protocol):
+    def append(self, signal: tuple[Any, ...], /) -> None: ...
 
 class CustomerRecord:
     tenant: str
@@ -34,13 +40,35 @@ class CustomerRecord:
 class CustomerTable:
     short_window_ms: float
     long_window_ms: float
+    silence_window_ms: int
+    silence_window: Callable[[str, str | None, int], int] | None
     def __init__(
         self,
         short_window_ms: float = ...,
         long_window_ms: float = ...,
+        silence_window_ms: int = ...,
+        silence_window: Callable[[str, str | None, int], int] | None = ...,
     ) -> None: ...
     def __len__(self) -> int: ...
-    def apply(self, touches: list[Any]) -> int: ...
+    def apply(
+        self,
+        touches: list[Any],
+        watermark_ms: int = ...,
+        ordered: bool = ...,
+        signals: SignalSink | None = ...,
+    ) -> int: ...
+    def fire(self, limit_ms: int, inclusive: bool, signals: SignalSink) -> int: ...
+    def next_deadline(self) -> int: ...
+    def set_window_state(
+        self,
+        tenant: str,
+        customer_id: str,
+        window_clv: float,
+        decline_run: int,
+        decline_cusum: float,
+        at_risk: int,
+        health_band: int,
+    ) -> None: ...
     def rows(self) -> list[Row]: ...
     def get_row(self, tenant: str, customer_id: str) -> Row | None: ...
     def load_rows(self, rows: Iterable[Sequence[Any]]) -> None: ...

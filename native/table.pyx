@@ -6,6 +6,8 @@ give the same rows. A row is a plain tuple (fields: ``table_py.ROW_FIELDS``) for
 output and for snapshots.
 """
 
+import heapq
+
 from libc.math cimport exp
 from libc.stdint cimport int32_t, int64_t
 
@@ -19,6 +21,8 @@ cdef enum:
     KIND_NPS = 11
     N_CHANNELS = 8
     NO_TIME = -1
+    SILENCE = 0
+    SILENCE_ENDED = 1
 
 KIND_CODES = {
     "order": KIND_ORDER,
@@ -29,7 +33,9 @@ KIND_CODES = {
     "nps": KIND_NPS,
 }
 CHANNEL_COUNT = N_CHANNELS
-ROW_FORMAT = 2
+SIGNAL_SILENCE = SILENCE
+SIGNAL_SILENCE_ENDED = SILENCE_ENDED
+ROW_FORMAT = 3
 DEFAULT_SHORT_WINDOW_MS = 14 * 86_400_000.0
 DEFAULT_LONG_WINDOW_MS = 90 * 86_400_000.0
 
@@ -59,6 +65,14 @@ cdef class CustomerRecord:
             self.engagement_ms[i] = NO_TIME
             self.engagement_short[i] = 0.0
             self.engagement_long[i] = 0.0
+        self.silence_deadline_ms = NO_TIME
+        self.silent_since_ms = NO_TIME
+        self.last_inbound_channel = -1
+        self.window_clv = -1.0
+        self.decline_run = 0
+        self.decline_cusum = 0.0
+        self.at_risk = 0
+        self.health_band = -1
 
     cdef void purchase(self, int64_t ts_ms, int64_t day, double amount):
         # Orders on one calendar day are one transaction, timed by its
@@ -162,6 +176,14 @@ cdef class CustomerRecord:
             tuple([self.engagement_short[i] for i in range(N_CHANNELS)]),
             tuple([self.engagement_long[i] for i in range(N_CHANNELS)]),
             tuple(sorted(self.spend_by_source.items())),
+            self.silence_deadline_ms,
+            self.silent_since_ms,
+            self.last_inbound_channel,
+            self.window_clv,
+            self.decline_run,
+            self.decline_cusum,
+            self.at_risk,
+            self.health_band,
         )
 
     def load_row(self, tuple row):
@@ -194,46 +216,72 @@ cdef class CustomerRecord:
             self.engagement_short[i] = row[23][i]
             self.engagement_long[i] = row[24][i]
         self.spend_by_source = {source: spend for source, spend in row[25]}
+        self.silence_deadline_ms = row[26]
+        self.silent_since_ms = row[27]
+        self.last_inbound_channel = row[28]
+        self.window_clv = row[29]
+        self.decline_run = row[30]
+        self.decline_cusum = row[31]
+        self.at_risk = row[32]
+        self.health_band = row[33]
 
 
 cdef class CustomerTable:
-    """The customer records of one key group, by (tenant, customer_id)."""
+    """The customer records of one key group, by (tenant, customer_id), and
+    the timers of their silence deadlines (see the twin for the contract).
+    """
 
     def __cinit__(self, double short_window_ms=DEFAULT_SHORT_WINDOW_MS,
-                  double long_window_ms=DEFAULT_LONG_WINDOW_MS):
+                  double long_window_ms=DEFAULT_LONG_WINDOW_MS,
+                  int64_t silence_window_ms=0, object silence_window=None):
         self.records = {}
         self.short_window_ms = short_window_ms
         self.long_window_ms = long_window_ms
+        self.silence_window_ms = silence_window_ms
+        self.silence_window = silence_window
+        # A min-heap of (deadline, tenant, customer_id); an entry whose
+        # deadline is no longer the record's is stale and skipped when popped.
+        self.timers = []
 
     def __len__(self):
         return len(self.records)
 
-    cpdef Py_ssize_t apply(self, list touches) except -1:
+    cpdef Py_ssize_t apply(self, list touches, int64_t watermark_ms=NO_TIME,
+                           bint ordered=False, object signals=None) except -1:
         """Apply decoded touches in order; return how many were applied."""
         cdef CustomerRecord record
-        cdef int64_t ts_ms
+        cdef int64_t ts_ms, previous_inbound_ms
         cdef int kind, channel
+        cdef bint inbound
         cdef object touch, key, segment, source
 
+        if signals is None:
+            signals = []
         for touch in touches:
             channel = touch.channel
             if channel < 0 or channel >= N_CHANNELS:
                 raise ValueError(f"channel code {channel} out of range")
+            ts_ms = touch.ts_ms
+            if ordered and self.timers and self.timers[0][0] < ts_ms:
+                self.fire(ts_ms, False, signals)
             key = (touch.tenant, touch.customer_id)
             record = self.records.get(key)
             if record is None:
                 record = CustomerRecord(touch.tenant, touch.customer_id)
                 self.records[key] = record
-            ts_ms = touch.ts_ms
             kind = touch.kind
+            inbound = touch.inbound
+            previous_inbound_ms = record.last_inbound_ms
 
             segment = touch.segment
             if segment is not None:
                 record.segment = segment
             if ts_ms > record.last_event_ms:
                 record.last_event_ms = ts_ms
-            record.touch(ts_ms, channel, touch.inbound, self.short_window_ms,
+            record.touch(ts_ms, channel, inbound, self.short_window_ms,
                          self.long_window_ms)
+            if inbound and ts_ms >= previous_inbound_ms:
+                record.last_inbound_channel = channel
 
             if kind == KIND_ORDER:
                 record.purchase(ts_ms, touch.day, touch.amount)
@@ -253,7 +301,99 @@ cdef class CustomerTable:
                 if ts_ms >= record.last_nps_ms:
                     record.last_nps = touch.score
                     record.last_nps_ms = ts_ms
+            # Silence last, so that a signal sees the event applied.
+            if inbound and self.silence_window_ms > 0:
+                self._silence(record, touch, previous_inbound_ms, watermark_ms,
+                              signals)
         return len(touches)
+
+    cdef void _silence(self, CustomerRecord record, object touch,
+                       int64_t previous_inbound_ms, int64_t watermark_ms,
+                       object signals) except *:
+        # An inbound touch ends a silence episode and moves the deadline;
+        # a late one (before the watermark) only moves a deadline that is
+        # still ahead of the watermark, and decides nothing.
+        cdef int64_t ts_ms = touch.ts_ms
+        cdef int64_t window_ms, deadline
+        cdef bint late = ts_ms < watermark_ms
+
+        if record.silent_since_ms != NO_TIME:
+            if late or ts_ms < record.silent_since_ms:
+                return
+            signals.append((ts_ms, SILENCE_ENDED, record.tenant,
+                            record.customer_id, touch.channel, touch.event_id,
+                            ts_ms, ts_ms - previous_inbound_ms))
+            record.silent_since_ms = NO_TIME
+        window_ms = self.silence_window_ms
+        if self.silence_window is not None:
+            window_ms = self.silence_window(
+                record.tenant, record.segment, record.last_inbound_channel)
+        deadline = ts_ms + window_ms
+        if deadline > record.silence_deadline_ms and deadline > watermark_ms:
+            record.silence_deadline_ms = deadline
+            heapq.heappush(self.timers,
+                           (deadline, record.tenant, record.customer_id))
+            if len(self.timers) > 2 * len(self.records) + 1024:
+                self._rebuild_timers()
+
+    cpdef Py_ssize_t fire(self, int64_t limit_ms, bint inclusive,
+                          object signals) except -1:
+        """Fire the deadlines before `limit_ms` (or at it, when `inclusive`),
+        in time order; return how many fired."""
+        cdef CustomerRecord record
+        cdef int64_t deadline
+        cdef Py_ssize_t fired = 0
+        cdef list timers = self.timers
+
+        while timers:
+            deadline = timers[0][0]
+            if deadline > limit_ms or (deadline == limit_ms and not inclusive):
+                break
+            _, tenant, customer_id = heapq.heappop(timers)
+            record = self.records.get((tenant, customer_id))
+            if record is None or record.silence_deadline_ms != deadline:
+                continue
+            record.silence_deadline_ms = NO_TIME
+            record.silent_since_ms = deadline
+            fired += 1
+            signals.append((deadline, SILENCE, tenant, customer_id,
+                            record.last_inbound_channel, None, NO_TIME,
+                            deadline - record.last_inbound_ms))
+        return fired
+
+    def next_deadline(self):
+        """The earliest pending deadline, or NO_TIME."""
+        cdef CustomerRecord record
+
+        while self.timers:
+            deadline, tenant, customer_id = self.timers[0]
+            record = self.records.get((tenant, customer_id))
+            if record is not None and record.silence_deadline_ms == deadline:
+                return deadline
+            heapq.heappop(self.timers)
+        return NO_TIME
+
+    def _rebuild_timers(self):
+        cdef CustomerRecord record
+
+        self.timers = [
+            (record.silence_deadline_ms, record.tenant, record.customer_id)
+            for record in self.records.values()
+            if record.silence_deadline_ms != NO_TIME
+        ]
+        heapq.heapify(self.timers)
+
+    def set_window_state(self, str tenant, str customer_id, double window_clv,
+                         int32_t decline_run, double decline_cusum,
+                         int32_t at_risk, int32_t health_band):
+        """Keep a customer's value-window state (``WINDOW_FIELDS``)."""
+        cdef CustomerRecord record = self.records[(tenant, customer_id)]
+
+        record.window_clv = window_clv
+        record.decline_run = decline_run
+        record.decline_cusum = decline_cusum
+        record.at_risk = at_risk
+        record.health_band = health_band
 
     def rows(self):
         """Return every record's row, sorted by (tenant, customer_id)."""
@@ -276,3 +416,4 @@ cdef class CustomerTable:
             record = CustomerRecord(row[0], row[1])
             record.load_row(tuple(row))
             self.records[(row[0], row[1])] = record
+        self._rebuild_timers()

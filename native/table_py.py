@@ -6,9 +6,10 @@ kernel test against both implementations.
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 KIND_ORDER = 6
 KIND_REFUND = 7
@@ -18,6 +19,9 @@ KIND_COMPLAINT = 10
 KIND_NPS = 11
 N_CHANNELS = 8
 NO_TIME = -1
+# Signal codes of the kernel's signal tuples (see CustomerTable.apply).
+SIGNAL_SILENCE = 0
+SIGNAL_SILENCE_ENDED = 1
 
 KIND_CODES = {
     "order": KIND_ORDER,
@@ -28,7 +32,7 @@ KIND_CODES = {
     "nps": KIND_NPS,
 }
 CHANNEL_COUNT = N_CHANNELS
-ROW_FORMAT = 2
+ROW_FORMAT = 3
 DEFAULT_SHORT_WINDOW_MS = 14 * 86_400_000.0
 DEFAULT_LONG_WINDOW_MS = 90 * 86_400_000.0
 # The fields of a row, in order; the pure record keeps them as attributes.
@@ -59,7 +63,17 @@ ROW_FIELDS = (
     "engagement_short",
     "engagement_long",
     "spend_by_source",
+    "silence_deadline_ms",
+    "silent_since_ms",
+    "last_inbound_channel",
+    "window_clv",
+    "decline_run",
+    "decline_cusum",
+    "at_risk",
+    "health_band",
 )
+# The fields of the value-window state, set by CustomerTable.set_window_state.
+WINDOW_FIELDS = ROW_FIELDS[-5:]
 
 Row = tuple[Any, ...]
 
@@ -96,6 +110,14 @@ class CustomerRecord:
         self.engagement_short = [0.0] * N_CHANNELS
         self.engagement_long = [0.0] * N_CHANNELS
         self.spend_by_source: dict[str, float] = {}
+        self.silence_deadline_ms = NO_TIME
+        self.silent_since_ms = NO_TIME
+        self.last_inbound_channel = -1
+        self.window_clv = -1.0
+        self.decline_run = 0
+        self.decline_cusum = 0.0
+        self.at_risk = 0
+        self.health_band = -1
 
     def purchase(self, ts_ms: int, day: int, amount: float) -> None:
         # Orders on one calendar day are one transaction, timed by its
@@ -200,6 +222,14 @@ class CustomerRecord:
             tuple(self.engagement_short),
             tuple(self.engagement_long),
             tuple(sorted(self.spend_by_source.items())),
+            self.silence_deadline_ms,
+            self.silent_since_ms,
+            self.last_inbound_channel,
+            self.window_clv,
+            self.decline_run,
+            self.decline_cusum,
+            self.at_risk,
+            self.health_band,
         )
 
     def load_row(self, row: Row) -> None:
@@ -231,7 +261,17 @@ class CustomerRecord:
             engagement_short,
             engagement_long,
             spend_by_source,
+            self.silence_deadline_ms,
+            self.silent_since_ms,
+            self.last_inbound_channel,
+            self.window_clv,
+            self.decline_run,
+            self.decline_cusum,
+            self.at_risk,
+            self.health_band,
         ) = row
+        self.window_clv = float(self.window_clv)
+        self.decline_cusum = float(self.decline_cusum)
         self.first_day_spend = float(self.first_day_spend)
         self.repeat_spend = float(self.repeat_spend)
         self.refund_total = float(self.refund_total)
@@ -244,36 +284,79 @@ class CustomerRecord:
         self.spend_by_source = {source: spend for source, spend in spend_by_source}
 
 
+SilenceWindow = Callable[[str, str | None, int], int]
+
+
+class SignalSink(Protocol):
+    """Where the table puts signals as they are decided: a list, or an
+    object that acts on each at once (the key-group actor evaluates the
+    customer at that moment)."""
+
+    def append(self, signal: tuple[Any, ...], /) -> None: ...
+
+
 class CustomerTable:
-    """The customer records of one key group, by (tenant, customer_id)."""
+    """The customer records of one key group, by (tenant, customer_id), and
+    the timers of their silence deadlines.
+
+    ``silence_window_ms`` is the silence window (0 turns silence off);
+    ``silence_window``, when given, returns the window of a (tenant, segment,
+    channel of the last inbound touch) instead.
+    """
 
     def __init__(
         self,
         short_window_ms: float = DEFAULT_SHORT_WINDOW_MS,
         long_window_ms: float = DEFAULT_LONG_WINDOW_MS,
+        silence_window_ms: int = 0,
+        silence_window: SilenceWindow | None = None,
     ) -> None:
         self.records: dict[tuple[str, str], CustomerRecord] = {}
         self.short_window_ms = short_window_ms
         self.long_window_ms = long_window_ms
+        self.silence_window_ms = silence_window_ms
+        self.silence_window = silence_window
+        # A min-heap of (deadline, tenant, customer_id); an entry whose
+        # deadline is no longer the record's is stale and skipped when popped.
+        self.timers: list[tuple[int, str, str]] = []
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def apply(self, touches: list[Any]) -> int:
-        """Apply decoded touches in order; return how many were applied."""
+    def apply(
+        self,
+        touches: list[Any],
+        watermark_ms: int = NO_TIME,
+        ordered: bool = False,
+        signals: SignalSink | None = None,
+    ) -> int:
+        """Apply decoded touches in order; return how many were applied.
+
+        Touches before `watermark_ms` are late: they update aggregates but
+        decide nothing. With `ordered` (the replay clock: a key group's
+        touches arrive in event-time order), the deadlines before each
+        touch fire first. Signals are appended to `signals` as tuples
+        ``(time_ms, code, tenant, customer_id, channel, trigger_event_id,
+        trigger_ts_ms, silent_ms)``.
+        """
         records = self.records
+        if signals is None:
+            signals = []
         for touch in touches:
             channel = touch.channel
             if not 0 <= channel < N_CHANNELS:
                 msg = f"channel code {channel} out of range"
                 raise ValueError(msg)
+            ts_ms = touch.ts_ms
+            if ordered and self.timers and self.timers[0][0] < ts_ms:
+                self.fire(ts_ms, False, signals)
             key = (touch.tenant, touch.customer_id)
             record = records.get(key)
             if record is None:
                 record = CustomerRecord(touch.tenant, touch.customer_id)
                 records[key] = record
-            ts_ms = touch.ts_ms
             kind = touch.kind
+            previous_inbound_ms = record.last_inbound_ms
 
             if touch.segment is not None:
                 record.segment = touch.segment
@@ -282,6 +365,8 @@ class CustomerTable:
             record.touch(
                 ts_ms, channel, touch.inbound, self.short_window_ms, self.long_window_ms
             )
+            if touch.inbound and ts_ms >= previous_inbound_ms:
+                record.last_inbound_channel = channel
 
             if kind == KIND_ORDER:
                 record.purchase(ts_ms, touch.day, touch.amount)
@@ -299,7 +384,117 @@ class CustomerTable:
             elif kind == KIND_NPS and ts_ms >= record.last_nps_ms:
                 record.last_nps = touch.score
                 record.last_nps_ms = ts_ms
+            # Silence last, so that a signal sees the event applied.
+            if touch.inbound and self.silence_window_ms > 0:
+                self._silence(record, touch, previous_inbound_ms, watermark_ms, signals)
         return len(touches)
+
+    def _silence(
+        self,
+        record: CustomerRecord,
+        touch: Any,
+        previous_inbound_ms: int,
+        watermark_ms: int,
+        signals: SignalSink,
+    ) -> None:
+        # An inbound touch ends a silence episode and moves the deadline;
+        # a late one (before the watermark) only moves a deadline that is
+        # still ahead of the watermark, and decides nothing.
+        ts_ms = touch.ts_ms
+        late = ts_ms < watermark_ms
+        if record.silent_since_ms != NO_TIME:
+            if late or ts_ms < record.silent_since_ms:
+                return
+            signals.append(
+                (
+                    ts_ms,
+                    SIGNAL_SILENCE_ENDED,
+                    record.tenant,
+                    record.customer_id,
+                    touch.channel,
+                    touch.event_id,
+                    ts_ms,
+                    ts_ms - previous_inbound_ms,
+                )
+            )
+            record.silent_since_ms = NO_TIME
+        window_ms = self.silence_window_ms
+        if self.silence_window is not None:
+            window_ms = self.silence_window(
+                record.tenant, record.segment, record.last_inbound_channel
+            )
+        deadline = ts_ms + window_ms
+        if deadline > record.silence_deadline_ms and deadline > watermark_ms:
+            record.silence_deadline_ms = deadline
+            heapq.heappush(self.timers, (deadline, record.tenant, record.customer_id))
+            if len(self.timers) > 2 * len(self.records) + 1024:
+                self._rebuild_timers()
+
+    def fire(self, limit_ms: int, inclusive: bool, signals: SignalSink) -> int:
+        """Fire the deadlines before `limit_ms` (or at it, when `inclusive`),
+        in time order; return how many fired."""
+        timers = self.timers
+        fired = 0
+        while timers and (
+            timers[0][0] < limit_ms or (inclusive and timers[0][0] == limit_ms)
+        ):
+            deadline, tenant, customer_id = heapq.heappop(timers)
+            record = self.records.get((tenant, customer_id))
+            if record is None or record.silence_deadline_ms != deadline:
+                continue
+            record.silence_deadline_ms = NO_TIME
+            record.silent_since_ms = deadline
+            fired += 1
+            signals.append(
+                (
+                    deadline,
+                    SIGNAL_SILENCE,
+                    tenant,
+                    customer_id,
+                    record.last_inbound_channel,
+                    None,
+                    NO_TIME,
+                    deadline - record.last_inbound_ms,
+                )
+            )
+        return fired
+
+    def next_deadline(self) -> int:
+        """The earliest pending deadline, or NO_TIME."""
+        timers = self.timers
+        while timers:
+            deadline, tenant, customer_id = timers[0]
+            record = self.records.get((tenant, customer_id))
+            if record is not None and record.silence_deadline_ms == deadline:
+                return deadline
+            heapq.heappop(timers)
+        return NO_TIME
+
+    def _rebuild_timers(self) -> None:
+        self.timers = [
+            (record.silence_deadline_ms, record.tenant, record.customer_id)
+            for record in self.records.values()
+            if record.silence_deadline_ms != NO_TIME
+        ]
+        heapq.heapify(self.timers)
+
+    def set_window_state(
+        self,
+        tenant: str,
+        customer_id: str,
+        window_clv: float,
+        decline_run: int,
+        decline_cusum: float,
+        at_risk: int,
+        health_band: int,
+    ) -> None:
+        """Keep a customer's value-window state (``WINDOW_FIELDS``)."""
+        record = self.records[(tenant, customer_id)]
+        record.window_clv = window_clv
+        record.decline_run = decline_run
+        record.decline_cusum = decline_cusum
+        record.at_risk = at_risk
+        record.health_band = health_band
 
     def rows(self) -> list[Row]:
         """Return every record's row, sorted by (tenant, customer_id)."""
@@ -317,3 +512,4 @@ class CustomerTable:
             record = CustomerRecord(row[0], row[1])
             record.load_row(tuple(row))
             self.records[(row[0], row[1])] = record
+        self._rebuild_timers()

@@ -156,11 +156,12 @@ class Decoder:
                 rejections.append(result)
                 continue
             touch, as_of_ms = result
-            if touch.ts_ms > max_ts_ms:
-                max_ts_ms = touch.ts_ms
             if as_of_ms is not None and touch.ts_ms > as_of_ms:
                 after_as_of += 1
                 continue
+            # Only applied events move the clock: time stops at the as-of.
+            if touch.ts_ms > max_ts_ms:
+                max_ts_ms = touch.ts_ms
             touches.append(touch)
         return DecodedBatch(touches, rejections, after_as_of, max_ts_ms)
 

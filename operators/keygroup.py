@@ -1,32 +1,60 @@
-"""The key-group actor: the stateful step that owns a table of customers.
+"""The key-group actor: the stateful step that owns a table of customers
+and decides for them.
 
 Each key group (a bytewax key) receives, for every raw batch of every source
 partition, one :class:`KeyGroupBatch`: that batch's touches for its customers
 (maybe none) and the partition's high event time. The actor dedupes the
-touches, applies the fresh ones to its native table in order, and tracks the
-watermark (the lowest high time over partitions). At the end of the input it
-reports its customers, evaluated at the end time: the tenant's as-of time, or
-the last event time of the whole input.
+touches, applies the fresh ones to its native table in order, and moves the
+watermark: the lowest high time over partitions, less the allowed lateness
+(on the live clock, a partition idle for longer than its idle timeout drops
+out, and with all idle the wall clock drives it). Deadlines and value-window
+closes that the watermark passes are decided in event-time order, and each
+signal goes through the rules at once, with the customer evaluated at the
+signal's own time. At the end of the input it reports its customers,
+evaluated at the end time: the tenant's as-of time, or the last event time
+of the whole input.
 """
 
 from __future__ import annotations
 
+import bisect
+import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from native import load
 from operators.clv import CustomerValue, ValueSettings
+from operators.decisions import (
+    DecisionSettings,
+    WindowState,
+    boundary_after,
+    close_window,
+)
 from operators.decode import Rejection
 from operators.dedupe import Deduper
-from operators.events import Touch
-from operators.health import HealthSettings, evaluate_health
+from operators.events import CHANNELS, Touch
+from operators.health import Health, HealthSettings, evaluate_health
+from operators.rules import (
+    CustomerView,
+    Intervention,
+    RuleSet,
+    Signal,
+    forget_cooldowns,
+)
 from state.lineage import lineage_json
-from state.record import Row, customer_json, purchase_summary
+from state.record import ROW_FIELDS, Row, customer_json, purchase_summary
 
 _table = load("table")
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
+NO_TIME = -1
+_FIELD = {name: index for index, name in enumerate(ROW_FIELDS)}
+_SIGNAL_NAMES = {
+    _table.SIGNAL_SILENCE: "silence",
+    _table.SIGNAL_SILENCE_ENDED: "silence_ended",
+}
 
 
 class KeyGroupBatch(msgspec.Struct, gc=False, array_like=True):
@@ -39,17 +67,25 @@ class KeyGroupBatch(msgspec.Struct, gc=False, array_like=True):
 
 
 class Counts(msgspec.Struct):
-    """Where input records ended up; the four outcomes add up to ``read``."""
+    """Where input records ended up; the four outcomes add up to ``read``.
+
+    ``late`` counts applied events that came after the watermark (live
+    clock only): they updated aggregates and decided nothing.
+    """
 
     read: int = 0
     applied: int = 0
     duplicates: int = 0
     after_as_of: int = 0
     rejected: dict[str, int] = {}
+    late: int = 0
+    interventions: int = 0
 
     def add(self, other: Counts) -> None:
         self.read += other.read
         self.applied += other.applied
+        self.late += other.late
+        self.interventions += other.interventions
         self.duplicates += other.duplicates
         self.after_as_of += other.after_as_of
         for code, count in other.rejected.items():
@@ -67,10 +103,23 @@ class Report(msgspec.Struct, gc=False):
     rejections: list[Rejection] = []
     customers: list[dict[str, Any]] = []
     lineage: list[dict[str, Any]] = []
+    interventions: list[Intervention] = []
+
+
+class ClockSettings(msgspec.Struct, frozen=True):
+    """The replay clock (pure event time) or the live one."""
+
+    live: bool = False
+    allowed_lateness_ms: int = 0
+    idle_timeout_ms: int = 5_000
 
 
 class KeyGroupSettings(msgspec.Struct, frozen=True):
-    """Settings of the key-group actor; :meth:`build` makes the logic."""
+    """Settings of the key-group actor; :meth:`build` makes the logic.
+
+    ``rules`` returns the rule set in force (it may reload a changed file);
+    without it, or without ``decisions``, the actor decides nothing.
+    """
 
     partitions: int
     dedupe_span_ms: int = 7 * 86_400_000
@@ -79,86 +128,371 @@ class KeyGroupSettings(msgspec.Struct, frozen=True):
     position_name: str = "line"
     value: ValueSettings | None = None
     health: HealthSettings | None = None
+    decisions: DecisionSettings | None = None
+    rules: Callable[[], RuleSet] | None = None
+    clock: ClockSettings = ClockSettings()
+    time_zones: dict[str, str] = {}
+    default_time_zone: str = "UTC"
+    currencies: dict[str, str] = {}
+    default_currency: str = "USD"
 
-    def build(self, resume_state: bytes | None = None) -> KeyGroupActor:
-        return KeyGroupActor(self, resume_state)
+    def build(
+        self,
+        resume_state: bytes | None = None,
+        wall_ms: Callable[[], int] | None = None,
+    ) -> KeyGroupActor:
+        return KeyGroupActor(self, resume_state, wall_ms)
+
+    def time_zone(self, tenant: str) -> str:
+        return self.time_zones.get(tenant, self.default_time_zone)
+
+
+def _event_time(touch: Touch) -> int:
+    return touch.ts_ms
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class KeyGroupActor:
-    """Owns the customer table of one key group."""
+    """Owns the customer table of one key group and decides for it."""
 
-    def __init__(self, settings: KeyGroupSettings, resume_state: bytes | None) -> None:
+    def __init__(
+        self,
+        settings: KeyGroupSettings,
+        resume_state: bytes | None,
+        wall_ms: Callable[[], int] | None = None,
+    ) -> None:
         self.settings = settings
+        self.wall_ms = wall_ms or _wall_ms
         health = settings.health
-        self.table = (
-            _table.CustomerTable()
-            if health is None
-            else _table.CustomerTable(health.short_window_ms, health.long_window_ms)
+        decisions = settings.decisions
+        self.table = _table.CustomerTable(
+            *(
+                ()
+                if health is None
+                else (health.short_window_ms, health.long_window_ms)
+            ),
+            silence_window_ms=0 if decisions is None else decisions.silence_window_ms,
+            silence_window=None if decisions is None else decisions.silence_windows(),
         )
         self.deduper = Deduper(settings.dedupe_span_ms)
         self.partition_high_ms: dict[int, int] = {}
+        self.partition_seen_wall_ms: dict[int, int] = {}
+        self.watermark_ms = NO_TIME
+        # The next value-window boundary of each time zone in use.
+        self.next_boundary_ms: dict[str, int] = {}
+        self.cooldowns: dict[str, int] = {}
         self.value_model = None if settings.value is None else settings.value.build()
+        self._pending: list[Intervention] = []
+        self._late = 0
         if resume_state is not None:
             self._restore(resume_state)
 
-    @property
-    def watermark_ms(self) -> int:
-        """The lowest high event time over all source partitions, or -1."""
-        if len(self.partition_high_ms) < self.settings.partitions:
-            return -1
-        return min(self.partition_high_ms.values())
+    # The clock.
+
+    def _low_mark_ms(self) -> int:
+        """The watermark the partitions allow now, before lateness."""
+        settings = self.settings
+        high = self.partition_high_ms
+        if not settings.clock.live:
+            if len(high) < settings.partitions:
+                return NO_TIME
+            return min(high.values())
+        now = self.wall_ms()
+        idle_after = now - settings.clock.idle_timeout_ms
+        active = [
+            high[part]
+            for part, seen in self.partition_seen_wall_ms.items()
+            if seen > idle_after and high.get(part, NO_TIME) != NO_TIME
+        ]
+        return min(active) if active else now
+
+    def _move_watermark(self) -> None:
+        """Advance the watermark and decide what it passes."""
+        low = self._low_mark_ms()
+        if low == NO_TIME:
+            return
+        mark = low - self.settings.clock.allowed_lateness_ms
+        if mark <= self.watermark_ms:
+            return
+        self.watermark_ms = mark
+        self._advance(mark, inclusive=False)
+        self.deduper.forget_before(mark)
+        rules = self._rules()
+        if rules is not None:
+            forget_cooldowns(self.cooldowns, mark, rules.max_cooldown_ms)
+
+    def _advance(self, limit_ms: int, inclusive: bool) -> None:
+        """Close the value windows up to `limit_ms` and fire the deadlines
+        before it (or at it, when `inclusive`), in time order; at one time,
+        a window closes before a deadline fires."""
+        if self.settings.decisions is None:
+            return
+        sink = _Decide(self)
+        while True:
+            zone, boundary = self._next_boundary(limit_ms)
+            if boundary == NO_TIME or boundary > limit_ms:
+                break
+            self.table.fire(boundary, False, sink)
+            self._close_window(zone, boundary)
+            self.next_boundary_ms[zone] = boundary_after(
+                boundary, self.settings.decisions.value_window, zone
+            )
+        self.table.fire(limit_ms, inclusive, sink)
+
+    def _next_boundary(self, seen_ms: int) -> tuple[str, int]:
+        decisions = self.settings.decisions
+        assert decisions is not None
+        if not self.next_boundary_ms and seen_ms != NO_TIME:
+            # The first time seen starts the calendar of every zone in use.
+            for zone in {
+                self.settings.default_time_zone,
+                *self.settings.time_zones.values(),
+            }:
+                self.next_boundary_ms[zone] = boundary_after(
+                    seen_ms, decisions.value_window, zone
+                )
+        if not self.next_boundary_ms:
+            return "", NO_TIME
+        zone = min(
+            self.next_boundary_ms, key=lambda name: (self.next_boundary_ms[name], name)
+        )
+        return zone, self.next_boundary_ms[zone]
+
+    # Events.
 
     def on_batch(self, batches: list[KeyGroupBatch]) -> list[Report]:
-        """Apply the batches in order; report duplicates and conflicts."""
+        """Apply the batches in order, deciding as the watermark moves."""
         counts = Counts()
         rejections: list[Rejection] = []
         high = self.partition_high_ms
+        live = self.settings.clock.live
 
         for batch in batches:
-            if batch.high_ms > high.get(batch.partition, -1):
+            if batch.high_ms > high.get(batch.partition, NO_TIME):
                 high[batch.partition] = batch.high_ms
             elif batch.partition not in high:
-                high[batch.partition] = -1
-            if not batch.touches:
-                continue
-            fresh = self._dedupe(batch.touches, counts, rejections)
-            counts.applied += self.table.apply(fresh)
-        self.deduper.forget_before(self.watermark_ms)
+                high[batch.partition] = NO_TIME
+            if live:
+                self.partition_seen_wall_ms[batch.partition] = self.wall_ms()
+            if batch.touches:
+                fresh = self._dedupe(batch.touches, counts, rejections)
+                counts.applied += len(fresh)
+                self._apply(fresh)
+            self._move_watermark()
 
-        if counts.applied == counts.duplicates == 0 and not rejections:
-            return []
         if rejections:
             counts.rejected = {"conflict": len(rejections)}
-        return [Report(counts, rejections)]
+        return self._reports(counts, rejections)
+
+    def _apply(self, touches: list[Touch]) -> None:
+        table = self.table
+        watermark = self.watermark_ms
+        if self.settings.decisions is None:
+            table.apply(touches, watermark)
+            return
+        sink = _Decide(self)
+        if self.settings.clock.live:
+            # Arrival order: only the watermark fires deadlines.
+            self._late += sum(1 for touch in touches if touch.ts_ms < watermark)
+            table.apply(touches, watermark, False, sink)
+            return
+        # Event-time order: before each touch, what comes before it is
+        # decided; a value window closes before the first touch at or
+        # after its end.
+        start = 0
+        while start < len(touches):
+            _, boundary = self._next_boundary(touches[start].ts_ms)
+            end = bisect.bisect_left(touches, boundary, start, key=_event_time)
+            table.apply(touches[start:end], watermark, True, sink)
+            if end < len(touches):
+                self._advance(touches[end].ts_ms, inclusive=False)
+            start = end
+
+    def notify_at_ms(self) -> int | None:
+        """On the live clock, the wall time at which the watermark may next
+        decide something: when an active partition turns idle, or, with all
+        idle, when the next deadline or window end is past the lateness."""
+        settings = self.settings
+        if not settings.clock.live or settings.decisions is None:
+            return None
+        now = self.wall_ms()
+        timeout = settings.clock.idle_timeout_ms
+        expiries = [
+            seen + timeout
+            for seen in self.partition_seen_wall_ms.values()
+            if seen + timeout > now
+        ]
+        if expiries:
+            return min(expiries) + 1
+        due = [self.table.next_deadline(), self._next_boundary(NO_TIME)[1]]
+        pending = [ms for ms in due if ms != NO_TIME]
+        if not pending:
+            return None
+        return int(min(pending)) + settings.clock.allowed_lateness_ms + 1
+
+    def on_notify(self) -> list[Report]:
+        """The wall clock moved: move the watermark with it."""
+        self._move_watermark()
+        return self._reports(Counts(), [])
+
+    def _reports(self, counts: Counts, rejections: list[Rejection]) -> list[Report]:
+        interventions, self._pending = self._pending, []
+        counts.late, self._late = self._late, 0
+        counts.interventions = len(interventions)
+        if (
+            counts.applied == counts.duplicates == counts.late == 0
+            and not rejections
+            and not interventions
+        ):
+            return []
+        return [Report(counts, rejections, interventions=interventions)]
 
     def on_eof(self) -> list[Report]:
-        """Report every customer, evaluated at the end time."""
-        last_event_ms = max(self.partition_high_ms.values(), default=-1)
-        settings = self.settings
+        """Decide up to the end time, then report every customer there."""
+        last_event_ms = max(self.partition_high_ms.values(), default=NO_TIME)
+        ends: dict[str, int] = {}
+        if self.settings.clock.live:
+            final_ms = self.watermark_ms
+        else:
+            ends = {
+                row[0]: self._end_ms(row[0], last_event_ms) for row in self.table.rows()
+            }
+            final_ms = max(ends.values(), default=NO_TIME)
+            if final_ms != NO_TIME:
+                self._advance(final_ms, inclusive=True)
+        reports = self._reports(Counts(), [])
+
         customers = []
         lineage = []
-        horizon_days = None if settings.value is None else settings.value.horizon_days
         for row in self.table.rows():
-            end_ms = settings.as_of_ms.get(row[0], settings.default_as_of_ms)
-            if end_ms is None:
-                end_ms = last_event_ms
+            end_ms = ends.get(row[0], final_ms)
             value = self._value(row, end_ms)
-            health = None
-            if settings.health is not None:
-                health = evaluate_health(
-                    row, end_ms, value, horizon_days, settings.health
-                )
+            health = self._health(row, end_ms, value)
             customers.append(customer_json(row, end_ms, value, health))
             lineage.append(lineage_json(row, end_ms, self.value_model, value, health))
-        if not customers:
-            return []
-        return [Report(Counts(), customers=customers, lineage=lineage)]
+        if customers:
+            reports.append(Report(Counts(), customers=customers, lineage=lineage))
+        return reports
+
+    def _end_ms(self, tenant: str, last_event_ms: int) -> int:
+        end_ms = self._as_of_ms(tenant)
+        return last_event_ms if end_ms is None else end_ms
+
+    def _as_of_ms(self, tenant: str) -> int | None:
+        """The tenant's as-of time: nothing is decided after it."""
+        settings = self.settings
+        return settings.as_of_ms.get(tenant, settings.default_as_of_ms)
+
+    # Evaluation and decisions.
 
     def _value(self, row: Row, end_ms: int) -> CustomerValue | None:
         purchases = purchase_summary(row, end_ms)
         if self.value_model is None or purchases is None:
             return None
         return self.value_model.evaluate(*purchases)
+
+    def _health(
+        self, row: Row, end_ms: int, value: CustomerValue | None
+    ) -> Health | None:
+        settings = self.settings
+        if settings.health is None:
+            return None
+        horizon_days = None if settings.value is None else settings.value.horizon_days
+        return evaluate_health(row, end_ms, value, horizon_days, settings.health)
+
+    def _rules(self) -> RuleSet | None:
+        return None if self.settings.rules is None else self.settings.rules()
+
+    def _close_window(self, zone: str, boundary_ms: int) -> None:
+        """Evaluate every customer with an order at a window's end."""
+        settings = self.settings
+        decisions = settings.decisions
+        assert decisions is not None
+        for row in self.table.rows():
+            tenant = row[0]
+            if settings.time_zone(tenant) != zone:
+                continue
+            as_of_ms = self._as_of_ms(tenant)
+            if as_of_ms is not None and boundary_ms > as_of_ms:
+                continue
+            value = self._value(row, boundary_ms)
+            if value is None:
+                continue
+            health = self._health(row, boundary_ms, value)
+            state = WindowState(*row[_FIELD["window_clv"] :])
+            signals = close_window(state, value, health, decisions)
+            self.table.set_window_state(
+                tenant,
+                row[1],
+                state.window_clv,
+                state.decline_run,
+                state.decline_cusum,
+                state.at_risk,
+                state.health_band,
+            )
+            channel = row[_FIELD["last_inbound_channel"]]
+            for kind, details in signals:
+                signal = Signal(
+                    kind,
+                    tenant,
+                    row[1],
+                    boundary_ms,
+                    CHANNELS[channel] if channel >= 0 else None,
+                    details=details,
+                )
+                self._decide(signal, row, value, health)
+
+    def on_table_signal(self, raw: tuple[Any, ...]) -> None:
+        """A signal of the table (silence, silence ended), decided at once."""
+        time_ms, code, tenant, customer_id, channel, event_id, trigger_ms, silent = raw
+        as_of_ms = self._as_of_ms(tenant)
+        if as_of_ms is not None and time_ms > as_of_ms:
+            return
+        row = self.table.get_row(tenant, customer_id)
+        assert row is not None
+        details = {"silent_ms": float(silent)}
+        if code == _table.SIGNAL_SILENCE:
+            details["window_ms"] = float(silent)
+            details["last_inbound_ms"] = float(row[_FIELD["last_inbound_ms"]])
+        signal = Signal(
+            _SIGNAL_NAMES[code],
+            tenant,
+            customer_id,
+            time_ms,
+            CHANNELS[channel] if channel >= 0 else None,
+            event_id,
+            None if trigger_ms == NO_TIME else trigger_ms,
+            details,
+        )
+        value = self._value(row, time_ms)
+        self._decide(signal, row, value, self._health(row, time_ms, value))
+
+    def _decide(
+        self,
+        signal: Signal,
+        row: Row,
+        value: CustomerValue | None,
+        health: Health | None,
+    ) -> None:
+        rules = self._rules()
+        if rules is None:
+            return
+        settings = self.settings
+        view = CustomerView(
+            segment=row[_FIELD["segment"]],
+            repeat_purchases=row[_FIELD["repeat_purchases"]],
+            clv=None if value is None else value.clv,
+            value_band=None if value is None else value.value_band,
+            p_alive=None if value is None else value.p_alive,
+            health=None if health is None else round(health.score, 2),
+            health_band=None if health is None else health.band,
+            currency=settings.currencies.get(signal.tenant, settings.default_currency),
+        )
+        emitted_ms = self.wall_ms() if settings.clock.live else signal.event_time_ms
+        self._pending.extend(rules.decide(signal, view, self.cooldowns, emitted_ms))
 
     def _dedupe(
         self, touches: list[Touch], counts: Counts, rejections: list[Rejection]
@@ -190,6 +524,9 @@ class KeyGroupActor:
                 "rows": self.table.rows(),
                 "dedupe": self.deduper.snapshot(),
                 "partition_high_ms": sorted(self.partition_high_ms.items()),
+                "watermark_ms": self.watermark_ms,
+                "next_boundary_ms": sorted(self.next_boundary_ms.items()),
+                "cooldowns": sorted(self.cooldowns.items()),
             }
         )
 
@@ -204,3 +541,19 @@ class KeyGroupActor:
         self.table.load_rows(state["rows"])
         self.deduper.restore(state["dedupe"])
         self.partition_high_ms = dict(state["partition_high_ms"])
+        self.watermark_ms = state["watermark_ms"]
+        self.next_boundary_ms = dict(state["next_boundary_ms"])
+        self.cooldowns = dict(state["cooldowns"])
+
+
+class _Decide:
+    """The table's signal sink: each signal is decided as it is made, while
+    the customer's record is as it was at that moment."""
+
+    __slots__ = ("actor",)
+
+    def __init__(self, actor: KeyGroupActor) -> None:
+        self.actor = actor
+
+    def append(self, signal: tuple[Any, ...], /) -> None:
+        self.actor.on_table_signal(signal)

@@ -15,8 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from operators.decisions import DecisionSettings, SilenceOverride
 from operators.events import CHANNELS, Channel
 from operators.health import HealthSettings, HealthTemplate
+from operators.rules import load_rules
 from state.routing import DEFAULT_KEY_GROUPS
 from stream.errors import ConfigError, UsageError
 
@@ -84,8 +86,53 @@ class ValueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     annual_discount: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.10
 
 
+class SilenceOverrideConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A silence window for the customers matching every field given."""
+
+    window: str
+    tenant: Name | None = None
+    segment: Name | None = None
+    channel: Channel | None = None
+
+
+class SilenceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How long without an inbound touch is silence (README, "Decisions")."""
+
+    window: str = "48h"
+    override: list[SilenceOverrideConfig] = []
+
+
+class DeclineConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Value windows and how a decline of CLV over them is detected."""
+
+    window: Literal["week", "month", "quarter"] = "quarter"
+    method: Literal["consecutive", "cusum"] = "consecutive"
+    windows: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    min_drop: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.05
+    cusum_slack: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.02
+    cusum_threshold: Annotated[float, msgspec.Meta(gt=0, le=100)] = 0.15
+
+
+class RiskConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """When a customer is at risk."""
+
+    p_alive_below: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+
+
+class ClockConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The live clock (``replay --follow``); replay runs on event time."""
+
+    allowed_lateness: str = "5s"
+    idle_timeout: str = "5s"
+    allowed_skew: str = "5m"
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Every setting of a Touchstream run."""
+    """Every setting of a Touchstream run.
+
+    ``rules`` is the path of a rules file, relative to the configuration
+    file; without it the shipped default rules apply.
+    """
 
     key_groups: Annotated[int, msgspec.Meta(ge=1, le=4096)] = DEFAULT_KEY_GROUPS
     default_tenant: Name = "default"
@@ -96,6 +143,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tenants: dict[Name, TenantConfig] = {}
     value: ValueConfig = ValueConfig()
     health: HealthConfig = HealthConfig()
+    rules: str | None = None
+    silence: SilenceConfig = SilenceConfig()
+    decline: DeclineConfig = DeclineConfig()
+    risk: RiskConfig = RiskConfig()
+    clock: ClockConfig = ClockConfig()
 
     def tenant(self, name: str) -> TenantConfig:
         return self.tenants.get(name, self.tenant_defaults)
@@ -118,12 +170,23 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
     config = _load_toml(path, Config)
-    for key, text in (
+    if config.rules is not None:
+        rules = path.resolve().parent / config.rules
+        config = msgspec.structs.replace(config, rules=str(rules))
+    durations = [
         ("dedupe_span", config.dedupe_span),
         ("value.horizon", config.value.horizon),
         ("health.short_window", config.health.short_window),
         ("health.long_window", config.health.long_window),
-    ):
+        ("silence.window", config.silence.window),
+        ("clock.allowed_lateness", config.clock.allowed_lateness),
+        ("clock.idle_timeout", config.clock.idle_timeout),
+        ("clock.allowed_skew", config.clock.allowed_skew),
+    ] + [
+        (f"silence.override[{index}].window", override.window)
+        for index, override in enumerate(config.silence.override)
+    ]
+    for key, text in durations:
         try:
             parse_duration(text)
         except UsageError as ex:
@@ -142,7 +205,39 @@ def load_config(path: Path | None) -> Config:
     except UsageError as ex:
         msg = f"{path}: {ex}"
         raise ConfigError(msg) from None
+    if config.rules is not None:
+        load_rules(Path(config.rules))  # refused here, before a run starts
     return config
+
+
+def decision_settings(config: Config) -> DecisionSettings:
+    """How silence, decline and risk are decided, from a configuration."""
+    silence = config.silence
+    decline = config.decline
+    return DecisionSettings(
+        silence_window_ms=parse_duration(silence.window),
+        silence_overrides=tuple(
+            SilenceOverride(
+                parse_duration(override.window),
+                override.tenant,
+                override.segment,
+                None if override.channel is None else CHANNELS.index(override.channel),
+            )
+            for override in silence.override
+        ),
+        value_window=decline.window,
+        decline_method=decline.method,
+        decline_windows=decline.windows,
+        decline_min_drop=decline.min_drop,
+        cusum_slack=decline.cusum_slack,
+        cusum_threshold=decline.cusum_threshold,
+        p_alive_below=config.risk.p_alive_below,
+    )
+
+
+def rules_path(config: Config) -> Path | None:
+    """The rules file of a configuration, or None for the shipped default."""
+    return None if config.rules is None else Path(config.rules)
 
 
 def health_settings(config: Config) -> HealthSettings:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,31 +115,63 @@ class KeyGroupLogic(StatefulBatchLogic[KeyGroupBatch, Report, bytes | None]):
         with _reporting("key_groups"):
             return self.actor.on_eof(), StatefulBatchLogic.RETAIN
 
+    def notify_at(self) -> datetime | None:
+        # The live clock's wake-up: bytewax calls on_notify at this wall time.
+        at_ms = self.actor.notify_at_ms()
+        if at_ms is None:
+            return None
+        return datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+
+    def on_notify(self) -> tuple[list[Report], bool]:
+        with _reporting("key_groups"):
+            return self.actor.on_notify(), StatefulBatchLogic.RETAIN
+
     def snapshot(self) -> bytes | None:
         # bytewax asks for a snapshot at every epoch even without recovery;
         # serialising the table is only worth it when recovery keeps it.
         return self.actor.snapshot() if self.keep_snapshots else None
 
 
-class ReportSink(DynamicSink[Report]):
-    """Writes reports into per-worker part files, merged after the run."""
+@dataclass(frozen=True)
+class LiveOutput:
+    """Where a followed run appends its decisions as they are made."""
 
-    def __init__(self, parts_dir: Path) -> None:
+    interventions: Path
+    rejected: Path
+    input_name: str
+    position_name: str
+
+
+class ReportSink(DynamicSink[Report]):
+    """Writes reports into per-worker part files, merged after the run; with
+    `live`, interventions and rejections are appended to the output files at
+    once instead."""
+
+    def __init__(self, parts_dir: Path, live: LiveOutput | None = None) -> None:
         self.parts_dir = parts_dir
+        self.live = live
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> ReportPartition:
-        return ReportPartition(self.parts_dir, worker_index)
+        return ReportPartition(self.parts_dir, worker_index, self.live)
 
 
 class ReportPartition(StatelessSinkPartition[Report]):
-    def __init__(self, parts_dir: Path, worker_index: int) -> None:
+    def __init__(
+        self, parts_dir: Path, worker_index: int, live: LiveOutput | None
+    ) -> None:
         prefix = parts_dir / f"worker-{worker_index}"
         self.counts_path = prefix.with_suffix(".counts.json")
         self.customers = prefix.with_suffix(".customers.jsonl").open("wb")
         self.lineage = prefix.with_suffix(".lineage.jsonl").open("wb")
-        self.rejected = prefix.with_suffix(".rejected.jsonl").open("wb")
+        self.live = live
+        if live is None:
+            self.rejected = prefix.with_suffix(".rejected.jsonl").open("wb")
+            self.interventions = prefix.with_suffix(".interventions.jsonl").open("wb")
+        else:
+            self.rejected = live.rejected.open("ab")
+            self.interventions = live.interventions.open("ab")
         self.counts = Counts()
 
     def write_batch(self, items: list[Report]) -> None:
@@ -145,21 +179,52 @@ class ReportPartition(StatelessSinkPartition[Report]):
             self._write(items)
 
     def _write(self, items: list[Report]) -> None:
+        live = self.live
         for report in items:
             self.counts.add(report.counts)
             for rejection in report.rejections:
-                self.rejected.write(msgspec.json.encode(rejection) + b"\n")
+                if live is None:
+                    self.rejected.write(msgspec.json.encode(rejection) + b"\n")
+                else:
+                    entry = rejected_entry(
+                        msgspec.to_builtins(rejection),
+                        live.input_name,
+                        live.position_name,
+                    )
+                    self.rejected.write(orjson.dumps(entry) + b"\n")
+            for intervention in report.interventions:
+                self.interventions.write(msgspec.json.encode(intervention) + b"\n")
             for customer in report.customers:
                 self.customers.write(orjson.dumps(customer) + b"\n")
             for lineage in report.lineage:
                 self.lineage.write(orjson.dumps(lineage) + b"\n")
+        if live is not None:
+            self.rejected.flush()
+            self.interventions.flush()
 
     def close(self) -> None:
         with _reporting("write"):
             self.customers.close()
             self.lineage.close()
             self.rejected.close()
+            self.interventions.close()
             self.counts_path.write_bytes(msgspec.json.encode(self.counts))
+
+
+def rejected_entry(
+    rejection: dict[str, Any], input_name: str, position_name: str
+) -> dict[str, Any]:
+    """A rejected record as `rejected.jsonl` shows it."""
+    entry: dict[str, Any] = {
+        "input": input_name,
+        position_name: rejection["position"],
+    }
+    entry.update(
+        (key, value)
+        for key, value in rejection.items()
+        if key != "position" and value is not None
+    )
+    return entry
 
 
 def build_flow(
@@ -170,6 +235,7 @@ def build_flow(
     parts_dir: Path,
     *,
     keep_snapshots: bool = False,
+    live: LiveOutput | None = None,
 ) -> Dataflow:
     """Wire the replay dataflow."""
     flow = Dataflow("touchstream_replay")
@@ -184,5 +250,5 @@ def build_flow(
     actor_reports = op.key_rm("actor_reports", groups)
     decode_reports = op.map("decode_reports", split.falses, lambda item: item[1])
     reports = op.merge("reports", decode_reports, actor_reports)
-    op.output("write", reports, ReportSink(parts_dir))
+    op.output("write", reports, ReportSink(parts_dir, live))
     return flow

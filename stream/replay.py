@@ -35,10 +35,18 @@ from operators.clv import ValueSettings
 from operators.decode import CsvLayout, DecodeSettings, Format, TenantRule
 from operators.events import CHANNELS, DIRECTIONS, KINDS, Event
 from operators.health import HealthSettings
-from operators.keygroup import Counts, KeyGroupSettings
-from stream.config import Config, CsvMap, parse_time
+from operators.keygroup import ClockSettings, Counts, KeyGroupSettings
+from stream.config import (
+    Config,
+    CsvMap,
+    decision_settings,
+    parse_duration,
+    parse_time,
+    rules_path,
+)
 from stream.errors import RunError, UsageError
-from stream.flow import build_flow, set_error_log
+from stream.flow import build_flow, rejected_entry, set_error_log
+from stream.rulebook import RuleBook
 from stream.sources import PartitionSpec, RecordSource, order_records, read_csv_header
 
 log = logging.getLogger(__name__)
@@ -70,6 +78,7 @@ class ReplayOptions:
     value: ValueSettings | None = None
     value_source: str | None = None
     health: HealthSettings | None = None
+    follow: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,7 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
         native.implementation(),
         counts,
         customers,
-        0,
+        counts.interventions,
         seconds,
         options.value_source,
     )
@@ -299,6 +308,13 @@ def _actor_settings(options: ReplayOptions, partitions: int) -> KeyGroupSettings
             for name, tenant in config.tenants.items()
         }
         default_as_of_ms = parse_time(options.as_of, config.tenant_defaults.time_zone)
+    clock = ClockSettings()
+    if options.follow:
+        clock = ClockSettings(
+            live=True,
+            allowed_lateness_ms=parse_duration(config.clock.allowed_lateness),
+            idle_timeout_ms=parse_duration(config.clock.idle_timeout),
+        )
     return KeyGroupSettings(
         partitions=partitions,
         dedupe_span_ms=config.dedupe_span_ms,
@@ -307,6 +323,13 @@ def _actor_settings(options: ReplayOptions, partitions: int) -> KeyGroupSettings
         position_name="offset" if options.format == "msgpack" else "line",
         value=options.value,
         health=options.health,
+        decisions=decision_settings(config),
+        rules=RuleBook(rules_path(config), watch=options.follow),
+        clock=clock,
+        time_zones={name: tenant.time_zone for name, tenant in config.tenants.items()},
+        default_time_zone=config.tenant_defaults.time_zone,
+        currencies={name: tenant.currency for name, tenant in config.tenants.items()},
+        default_currency=config.tenant_defaults.currency,
     )
 
 
@@ -467,15 +490,19 @@ def _merge(options: ReplayOptions, work: Path) -> tuple[Counts, int]:
     rejected.sort(key=lambda entry: entry["position"])
     with (work / REJECTED_FILE).open("wb") as file:
         for entry in rejected:
-            row = {"input": options.input.name, position_name: entry["position"]}
-            row.update(
-                (key, value)
-                for key, value in entry.items()
-                if key != "position" and value is not None
-            )
+            row = rejected_entry(entry, options.input.name, position_name)
             file.write(orjson.dumps(row) + b"\n")
 
-    (work / INTERVENTIONS_FILE).write_bytes(b"")
+    # Interventions in event time, then by id: the same bytes for any run.
+    interventions: list[tuple[str, str, bytes]] = []
+    for path in sorted(parts.glob("*.interventions.jsonl")):
+        for line in path.read_bytes().splitlines():
+            entry = orjson.loads(line)
+            interventions.append((entry["event_time"], entry["intervention_id"], line))
+    interventions.sort()
+    with (work / INTERVENTIONS_FILE).open("wb") as file:
+        for _, _, line in interventions:
+            file.write(line + b"\n")
     for name in OUTPUT_FILES:
         os.replace(work / name, options.out / name)
     return counts, customers

@@ -331,17 +331,17 @@ def test_a_snapshot_of_another_format_is_refused_naming_both_numbers() -> None:
     actor = KeyGroupSettings(partitions=1).build()
     actor.on_batch([batch(0, [order(1, at(0), 10.0, "o1")], at(0))])
     state = msgspec.msgpack.decode(actor.snapshot())
-    assert state["format"] == SNAPSHOT_FORMAT == 2
-    state["format"] = 3
+    assert state["format"] == SNAPSHOT_FORMAT == 3
+    state["format"] = 2
 
-    with pytest.raises(ValueError, match=r"format 3 .*expected 2"):
+    with pytest.raises(ValueError, match=r"format 2 .*expected 3"):
         KeyGroupSettings(partitions=1).build(msgspec.msgpack.encode(state))
 
 
 def test_a_snapshot_without_a_format_is_refused() -> None:
     data = msgspec.msgpack.encode({"rows": [], "dedupe": [], "partition_high_ms": []})
 
-    with pytest.raises(ValueError, match=r"format None .*expected 2"):
+    with pytest.raises(ValueError, match=r"format None .*expected 3"):
         KeyGroupSettings(partitions=1).build(data)
 
 

@@ -36,6 +36,8 @@ TimeUnit = Literal["day", "week"]
 DAYS_PER_UNIT = {"day": 1.0, "week": 7.0}
 DAYS_PER_YEAR = 365.25
 PERIODS_PER_YEAR = 12
+# The kernels evaluate at most 1200 periods (MAX_PERIODS): 100 years of months.
+MAX_HORIZON_DAYS = 100 * DAYS_PER_YEAR
 
 
 class BgNbd(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,11 +20,11 @@ import orjson
 
 from operators.clv import ValueSettings
 from operators.decode import FORMATS
-from stream.config import health_settings, load_config, load_csv_map, parse_duration
+from stream.config import health_settings, load_config, load_csv_map
 from stream.errors import RunError, UsageError
 from stream.explain import find_lineage, format_lineage
 from stream.fit import FitOptions, run_fit
-from stream.params import load_params
+from stream.params import horizon_days, load_params
 from stream.replay import ReplayOptions, ReplaySummary, run_replay
 
 EXIT_OK = 0
@@ -49,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the dataflow over a file at full speed, in event time",
         description=(
             "Replay FILE through the dataflow at full speed on event time and "
-            "write customers.jsonl, interventions.jsonl and rejected.jsonl "
-            "into --out. Records are first ordered by event time (ties by "
-            "position) unless --presorted. A summary goes to standard output."
+            "write customers.jsonl, interventions.jsonl, rejected.jsonl and "
+            "lineage.jsonl (read by `touchstream explain`) into --out. Records "
+            "are first ordered by event time (ties by position) unless "
+            "--presorted. A summary goes to standard output."
         ),
     )
     replay.add_argument("file", type=Path, metavar="FILE", help="the input file")
@@ -175,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
             "the spend per source and each health component."
         ),
     )
-    explain.add_argument("customer_id", metavar="CUSTOMER_ID")
+    explain.add_argument(
+        "customer_id", metavar="CUSTOMER_ID", help="the customer_id of the events"
+    )
     _add_log_level(explain, argparse.SUPPRESS)
     explain.add_argument(
         "--out",
@@ -245,10 +249,9 @@ def _replay(args: argparse.Namespace) -> int:
     }[args.progress]
     config = load_config(args.config)
     params, source = load_params(args.params)
-    horizon = parse_duration(args.horizon or config.value.horizon)
     value = ValueSettings(
         params,
-        horizon_days=horizon / 86_400_000,
+        horizon_days=horizon_days(args.horizon, config, args.config),
         margin=config.value.margin,
         annual_discount=config.value.annual_discount,
     )
@@ -268,19 +271,18 @@ def _replay(args: argparse.Namespace) -> int:
     )
     summary = run_replay(options)
     if args.json:
-        sys.stdout.write(orjson.dumps(summary.to_json()).decode() + "\n")
+        _emit(orjson.dumps(summary.to_json()).decode() + "\n")
     else:
-        sys.stdout.write(format_summary(summary, args.out))
+        _emit(format_summary(summary, args.out))
     return EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> int:
     lineage = find_lineage(args.out, args.customer_id, args.tenant)
     if args.json:
-        sys.stdout.write(orjson.dumps(lineage, option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
+        _emit(orjson.dumps(lineage, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        sys.stdout.write(format_lineage(lineage))
+        _emit(format_lineage(lineage))
     return EXIT_OK
 
 
@@ -288,14 +290,23 @@ def _fit(args: argparse.Namespace) -> int:
     if args.csv_map is not None and args.format != "csv":
         msg = "--csv-map goes with --format csv"
         raise UsageError(msg)
-    if args.horizon is not None:
-        parse_duration(args.horizon)
+    if args.out is not None and args.out.is_dir():
+        msg = f"--out {args.out} is a folder; expected a file path"
+        raise UsageError(msg)
+    if args.out is not None and not args.out.parent.is_dir():
+        msg = (
+            f"--out {args.out}: expected a file path in an existing folder - "
+            f"{args.out.parent} does not exist"
+        )
+        raise UsageError(msg)
+    config = load_config(args.config)
+    horizon_days(args.horizon, config, args.config)
     options = FitOptions(
         input=args.file,
         format=args.format,
         calibration_end=args.calibration_end,
         time_unit=args.time_unit,
-        config=load_config(args.config),
+        config=config,
         csv_map=None if args.csv_map is None else load_csv_map(args.csv_map),
         workers=args.workers,
         horizon=args.horizon,
@@ -304,8 +315,26 @@ def _fit(args: argparse.Namespace) -> int:
     text = msgspec.json.format(msgspec.json.encode(params), indent=2) + b"\n"
     if args.out is not None:
         args.out.write_bytes(text)
-    sys.stdout.buffer.write(text)
+    _emit(text.decode())
     return EXIT_OK
+
+
+def _emit(text: str) -> None:
+    """Write `text` to standard output, ending quietly if no one reads it.
+
+    A reader that stops early (`touchstream explain ... --json | head`)
+    closes the pipe; as the signal module's notes on SIGPIPE advise, the
+    command then exits without a word instead of reporting standard output.
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes standard output again at exit: point it at devnull
+        # so that flush has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(EXIT_OK) from None
 
 
 def format_summary(summary: ReplaySummary, out: Path) -> str:

@@ -28,8 +28,9 @@ from operators.clv import (
 )
 from operators.decode import Format
 from state.record import format_time
-from stream.config import Config, CsvMap, parse_duration, parse_time
+from stream.config import Config, CsvMap, parse_time
 from stream.errors import UsageError
+from stream.params import horizon_days
 from stream.replay import CUSTOMERS_FILE, ReplayOptions, run_replay
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class FitOptions:
 def run_fit(options: FitOptions) -> ModelParams:
     """Fit both models on the file's customers as of the calibration end."""
     started = time.perf_counter()
+    horizon = horizon_days(options.horizon, options.config)
     with tempfile.TemporaryDirectory(prefix="touchstream-fit-") as folder:
         run_replay(
             ReplayOptions(
@@ -104,9 +106,8 @@ def run_fit(options: FitOptions) -> ModelParams:
         repeat_customers=int((x > 0).sum()),
     )
     value = options.config.value
-    horizon_days = parse_duration(options.horizon or value.horizon) / 86_400_000
     model = ValueModel(
-        params, horizon_days, margin=value.margin, annual_discount=value.annual_discount
+        params, horizon, margin=value.margin, annual_discount=value.annual_discount
     )
     clvs = [
         model.evaluate(

@@ -241,3 +241,99 @@ def test_the_pure_python_kernel_writes_the_same_bytes_as_the_native_one(
         assert (tmp_path / "n" / name).read_bytes() == (
             tmp_path / "p" / name
         ).read_bytes()
+
+
+def test_a_horizon_out_of_range_is_refused_before_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    config = tmp_path / "touchstream.toml"
+    config.write_text('[value]\nhorizon = "6000w"\n')
+    replay = ("replay", CDNOW_SAMPLE, "--format", "cdnow", "--out", out)
+    fit = ("fit", CDNOW_SAMPLE, "--format", "cdnow", "--calibration-end", "1997-09-30")
+
+    results = {
+        "100000w": touchstream(*replay, "--horizon", "100000w"),
+        "0w": touchstream(*replay, "--horizon", "0w"),
+        "1s": touchstream(*replay, "--horizon", "1s"),
+        "36526d": touchstream(*fit, "--horizon", "36526d"),
+    }
+    from_config = touchstream(*replay, "--config", config)
+    allowed = touchstream(*fit, "--horizon", "36525d", "--out", tmp_path / "p.json")
+
+    for text, result in results.items():
+        assert result.returncode == 2, result.stderr
+        assert "expected `--horizon` to be at least 1d" in result.stderr
+        assert f"got {text!r}" in result.stderr
+    assert from_config.returncode == 2
+    assert f"{config}: expected `value.horizon`" in from_config.stderr
+    assert "got '6000w'" in from_config.stderr
+    assert not out.exists()
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_a_params_file_the_model_cannot_use_is_refused_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    bundled = orjson.loads((ROOT / "stream" / "models" / "cdnow.json").read_bytes())
+    cases = [
+        ("bgnbd", "r", -1, "expected `bgnbd.r` to be a finite number > 0"),
+        ("bgnbd", "a", 0, "expected `bgnbd.a` to be a finite number > 0"),
+        ("gamma_gamma", "p", 1e308, "expected `gamma_gamma.p`"),
+        ("gamma_gamma", "q", 1, "expected `gamma_gamma.q` to be a finite number > 1"),
+        (None, "value_bands", [30, 10, 50, 90], "expected `value_bands` to be 4"),
+        (None, "value_bands", [10, 20], "expected `value_bands` to be 4"),
+        (None, "customers", -1, "expected `customers` to be >= 0 - got -1"),
+        (None, "time_unit", "month", "time_unit"),
+    ]
+
+    for group, key, value, message in cases:
+        params = orjson.loads(orjson.dumps(bundled))
+        (params if group is None else params[group])[key] = value
+        path = tmp_path / "params.json"
+        path.write_bytes(orjson.dumps(params))
+        out = tmp_path / "o"
+
+        result = touchstream(
+            "replay", CDNOW_SAMPLE, "--format", "cdnow", "--params", path, "--out", out
+        )
+
+        assert result.returncode == 2, (key, value, result.stderr)
+        assert f"{path}" in result.stderr
+        assert message in result.stderr, result.stderr
+        assert not out.exists()
+
+
+def test_a_fit_out_that_is_a_folder_or_in_a_missing_folder_is_bad_usage(
+    tmp_path: Path,
+) -> None:
+    fit = ("fit", CDNOW_SAMPLE, "--format", "cdnow", "--calibration-end", "1997-09-30")
+
+    folder = touchstream(*fit, "--out", tmp_path)
+    missing = touchstream(*fit, "--out", tmp_path / "absent" / "params.json")
+
+    assert folder.returncode == 2
+    assert f"--out {tmp_path} is a folder; expected a file path" in folder.stderr
+    assert missing.returncode == 2
+    assert f"{tmp_path / 'absent'} does not exist" in missing.stderr
+    assert "Fit: finished" not in folder.stderr + missing.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(
+    tmp_path: Path,
+) -> None:
+    source = write_jsonl(tmp_path / "e.jsonl", [event()])
+    out = tmp_path / "o"
+    assert (
+        touchstream("replay", source, "--format", "jsonl", "--out", out).returncode == 0
+    )
+    command = [sys.executable, "-m", "stream", "explain", "c1", "--out", str(out)]
+
+    # The pipe is closed before the command, still starting, writes to it.
+    run = subprocess.Popen(
+        [*command, "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert run.stdout is not None
+    run.stdout.close()
+    _, stderr = run.communicate(timeout=60)
+
+    assert run.returncode == 0
+    assert stderr == b""

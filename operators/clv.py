@@ -19,6 +19,7 @@ period's purchases from its end. The result is in the tenant's currency.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -119,11 +120,22 @@ class ValueModel:
         self.times, self.discounts = period_ends(
             self.horizon, DAYS_PER_YEAR / unit_days, annual_discount
         )
+        self._cached = functools.lru_cache(maxsize=1 << 16)(self._evaluate)
 
     def evaluate(
         self, x: float, t_x_days: float, age_days: float, mean_value: float | None
     ) -> CustomerValue:
-        """Value of a customer with x repeat purchases, recency and age."""
+        """Value of a customer with x repeat purchases, recency and age.
+
+        Customers with the same history at the same time have the same
+        value (all one-time buyers of a day, at a window close), so recent
+        results are kept: the quadrature behind each costs tens of µs.
+        """
+        return self._cached(x, t_x_days, age_days, mean_value)
+
+    def _evaluate(
+        self, x: float, t_x_days: float, age_days: float, mean_value: float | None
+    ) -> CustomerValue:
         model = self.params.bgnbd
         t_x = t_x_days / self.unit_days
         age = age_days / self.unit_days

@@ -15,6 +15,7 @@ import hashlib
 import io
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -96,6 +97,8 @@ class DecodeSettings(msgspec.Struct, frozen=True):
     tenants: dict[str, TenantRule] = {}
     max_record_bytes: int = 65_536
     csv: CsvLayout | None = None
+    # On the live clock: how far ahead of the wall clock an event may be.
+    allowed_skew_ms: int | None = None
 
     def build(self) -> Decoder:
         return Decoder(self)
@@ -121,6 +124,7 @@ class Decoder:
         self._zones: dict[str, ZoneInfo | None] = {}
         self._cdnow_days: dict[bytes, int] = {}
         self._csv_fields_seen: dict[str, Any] = {}
+        self.wall_ms = 0
         self._parse = {
             "jsonl": self._parse_json,
             "msgpack": self._parse_msgpack,
@@ -140,6 +144,8 @@ class Decoder:
         after_as_of = 0
         max_ts_ms = -1
         limit = self.settings.max_record_bytes
+        if self.settings.allowed_skew_ms is not None:
+            self.wall_ms = time.time_ns() // 1_000_000
 
         for position, raw in records:
             if len(raw) > limit:
@@ -209,6 +215,15 @@ class Decoder:
                 "ts_out_of_range",
                 "expected `ts` from 1970-01-01 up to 2100-01-01 (RFC 3339 "
                 f"with an offset, or epoch milliseconds) - got {shown}",
+            )
+        skew_ms = self.settings.allowed_skew_ms
+        if skew_ms is not None and ts_ms > self.wall_ms + skew_ms:
+            shown = ts.isoformat() if isinstance(ts, datetime) else _ms_text(ts)
+            return reject(
+                "ts_out_of_range",
+                f"expected `ts` at most {skew_ms / 1000:g} s ahead of the wall clock "
+                f"(clock.allowed_skew) - got {shown}, "
+                f"{(ts_ms - self.wall_ms) / 1000:g} s ahead",
             )
 
         rule = self.settings.tenants.get(event.tenant, self.settings.tenant_defaults)

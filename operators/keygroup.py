@@ -467,6 +467,10 @@ class KeyGroupActor:
             None if trigger_ms == NO_TIME else trigger_ms,
             details,
         )
+        rules = self._rules()
+        segment, repeats = row[_FIELD["segment"]], row[_FIELD["repeat_purchases"]]
+        if rules is None or not rules.may_match(signal, segment, repeats):
+            return
         value = self._value(row, time_ms)
         self._decide(signal, row, value, self._health(row, time_ms, value))
 

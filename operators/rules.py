@@ -150,6 +150,20 @@ class Rule(msgspec.Struct, frozen=True):
     when: When
     then: tuple[Action, ...]
 
+    def may_match(
+        self, signal: Signal, segment: str | None, repeat_purchases: int
+    ) -> bool:
+        """Whether the rule can match, judged on what costs nothing to know:
+        the caller evaluates the customer's value only when one can."""
+        when = self.when
+        return (
+            signal.kind in self.signals
+            and (when.min_repeat_purchases or 0) <= repeat_purchases
+            and _among(segment, when.segment)
+            and _among(signal.channel, when.channel)
+            and _among(signal.tenant, when.tenant)
+        )
+
     def matches(self, signal: Signal, customer: CustomerView) -> bool:
         when, clv = self.when, customer.clv
         return (
@@ -171,6 +185,14 @@ class RuleSet(msgspec.Struct, frozen=True):
     source: str
     digest: str
     rules: tuple[Rule, ...]
+
+    def may_match(
+        self, signal: Signal, segment: str | None, repeat_purchases: int
+    ) -> bool:
+        """Whether any rule can match (see :meth:`Rule.may_match`)."""
+        return any(
+            rule.may_match(signal, segment, repeat_purchases) for rule in self.rules
+        )
 
     @property
     def max_cooldown_ms(self) -> int:
@@ -545,6 +567,8 @@ def _reason(signal: Signal, customer: CustomerView, *, redact: bool) -> str:
 
 def _span(ms: float) -> str:
     hours = ms / 3_600_000
+    if hours < 1:
+        return f"{ms / 60_000:.1f} min" if ms >= 60_000 else f"{ms / 1000:.1f} s"
     return f"{hours:.1f} h" if hours < 72 else f"{hours / 24:.1f} days"
 
 

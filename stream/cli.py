@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the file is already in event-time order: skip the ordering step",
     )
     replay.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep reading FILE as it grows (jsonl or cdnow, one worker), on the "
+        "live clock: interventions and rejections are appended to --out as they "
+        "are decided; Ctrl-C or SIGTERM ends the run cleanly and writes the "
+        "customers",
+    )
+    replay.add_argument(
         "--config", type=Path, metavar="FILE", help="a TOML configuration file"
     )
     replay.add_argument(
@@ -268,6 +276,7 @@ def _replay(args: argparse.Namespace) -> int:
         value=value,
         value_source=source,
         health=health_settings(config),
+        follow=args.follow,
     )
     summary = run_replay(options)
     if args.json:

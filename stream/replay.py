@@ -45,7 +45,7 @@ from stream.config import (
     rules_path,
 )
 from stream.errors import RunError, UsageError
-from stream.flow import build_flow, rejected_entry, set_error_log
+from stream.flow import LiveOutput, build_flow, rejected_entry, set_error_log
 from stream.rulebook import RuleBook
 from stream.sources import PartitionSpec, RecordSource, order_records, read_csv_header
 
@@ -141,14 +141,17 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
             options.workers,
             options.config.key_groups,
         )
+    if options.follow:
+        _check_follow(options)
     decode = _decode_settings(options)
     started = time.perf_counter()
     log.info(
-        "Replay: started input=%s format=%s workers=%d kernel=%s",
+        "Replay: started input=%s format=%s workers=%d kernel=%s clock=%s",
         options.input,
         options.format,
         options.workers,
         native.implementation(),
+        "live" if options.follow else "event-time",
     )
 
     work = _work_dir(options.out)
@@ -180,6 +183,22 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
         round(seconds * 1000),
     )
     return summary
+
+
+def _check_follow(options: ReplayOptions) -> None:
+    """--follow reads one growing line file on the live clock."""
+    problem = None
+    if options.format not in ("jsonl", "cdnow"):
+        problem = f"reads line formats (jsonl, cdnow) - got --format {options.format}"
+    elif options.workers != 1:
+        problem = f"runs on one worker - got --workers {options.workers}"
+    elif options.as_of is not None:
+        problem = "runs on the live clock, which has no as-of time"
+    elif options.presorted:
+        problem = "never orders its input, so --presorted does not apply"
+    if problem is not None:
+        msg = f"--follow {problem}"
+        raise UsageError(msg)
 
 
 def _work_dir(out: Path) -> Path:
@@ -221,6 +240,9 @@ def _decode_settings(options: ReplayOptions) -> DecodeSettings:
         tenants={name: rule(tenant) for name, tenant in config.tenants.items()},
         max_record_bytes=config.max_record_bytes,
         csv=layout,
+        allowed_skew_ms=(
+            parse_duration(config.clock.allowed_skew) if options.follow else None
+        ),
     )
 
 
@@ -269,6 +291,8 @@ def _csv_layout(path: Path, mapping: CsvMap) -> CsvLayout:
 def _partitions(
     options: ReplayOptions, decode: DecodeSettings, work: Path
 ) -> list[PartitionSpec]:
+    if options.follow:
+        return [PartitionSpec(options.input, options.format, follow=True)]
     if options.presorted:
         return [PartitionSpec(options.input, options.format)]
     started = time.perf_counter()
@@ -358,9 +382,28 @@ def _run_workers(
     """
     context = multiprocessing.get_context("fork")
     progress = context.Value("q", 0)
+    stop = context.Event()
     total = sum(spec.path.stat().st_size for spec in specs)
-    source = RecordSource(specs, options.config.batch_size, progress)
-    flow = build_flow(source, decode, options.config.key_groups, actor, work / "parts")
+    source = RecordSource(specs, options.config.batch_size, progress, stop)
+    live = None
+    if options.follow:
+        # Decisions are appended to the output files as they are made.
+        live = LiveOutput(
+            options.out / INTERVENTIONS_FILE,
+            options.out / REJECTED_FILE,
+            options.input.name,
+            "line",
+        )
+        for path in (live.interventions, live.rejected):
+            path.write_bytes(b"")
+    flow = build_flow(
+        source,
+        decode,
+        options.config.key_groups,
+        actor,
+        work / "parts",
+        live=live,
+    )
     addresses = []
     if options.workers > 1:
         addresses = [f"127.0.0.1:{port}" for port in _free_ports(options.workers)]
@@ -389,7 +432,15 @@ def _run_workers(
             bar.update(progress.value - bar.n)
             if any(process.exitcode not in (None, 0) for process in processes):
                 break
-            time.sleep(0.05)
+            try:
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                # Following ends cleanly on the first Ctrl-C or SIGTERM: the
+                # source stops, the key groups report, the run completes.
+                if not options.follow or stop.is_set():
+                    raise
+                log.info("Follow: stopping input=%s", options.input)
+                stop.set()
         bar.update(progress.value - bar.n)
         aborted = False
     finally:
@@ -482,6 +533,12 @@ def _merge(options: ReplayOptions, work: Path) -> tuple[Counts, int]:
 
     customers = _merge_sorted(parts, "customers", work / CUSTOMERS_FILE)
     _merge_sorted(parts, "lineage", work / LINEAGE_FILE)
+
+    if options.follow:
+        # The decisions were appended to the output files as they came.
+        for name in (CUSTOMERS_FILE, LINEAGE_FILE):
+            os.replace(work / name, options.out / name)
+        return counts, customers
 
     position_name = "offset" if options.format == "msgpack" else "line"
     rejected: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ import csv
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -213,10 +214,15 @@ def order_records(
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """Where one source partition reads: a spool, or the input file itself."""
+    """Where one source partition reads: a spool, or the input file itself.
+
+    With `follow`, the file is read as it grows (line formats only) until
+    the source's stop event is set.
+    """
 
     path: Path
     fmt: Format | None  # None: a spool file of the ordering step
+    follow: bool = False
 
 
 class RecordSource(FixedPartitionedSource[RawBatch, int]):
@@ -228,21 +234,31 @@ class RecordSource(FixedPartitionedSource[RawBatch, int]):
     """
 
     def __init__(
-        self, specs: list[PartitionSpec], batch_size: int, progress: Any = None
+        self,
+        specs: list[PartitionSpec],
+        batch_size: int,
+        progress: Any = None,
+        stop: Any = None,
     ) -> None:
         self.specs = specs
         self.batch_size = batch_size
         self.progress = progress
+        self.stop = stop
 
     def list_parts(self) -> list[str]:
         return [str(index) for index in range(len(self.specs))]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
-    ) -> RecordPartition:
+    ) -> StatefulSourcePartition[RawBatch, int]:
         index = int(for_part)
+        spec = self.specs[index]
+        if spec.follow:
+            return FollowPartition(
+                index, spec, self.batch_size, resume_state or 0, self.stop
+            )
         return RecordPartition(
-            index, self.specs[index], self.batch_size, resume_state or 0, self.progress
+            index, spec, self.batch_size, resume_state or 0, self.progress
         )
 
 
@@ -286,3 +302,61 @@ class RecordPartition(StatefulSourcePartition[RawBatch, int]):
 
     def snapshot(self) -> int:
         return self.offset
+
+
+class FollowPartition(StatefulSourcePartition[RawBatch, int]):
+    """Reads a line file as it grows: each complete line once, a partial
+    last line when its newline arrives. Ends, after what is complete, once
+    `stop` (a multiprocessing event) is set.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(
+        self, index: int, spec: PartitionSpec, batch_size: int, offset: int, stop: Any
+    ) -> None:
+        self.index = index
+        self.batch_size = batch_size
+        self.offset = offset
+        self.stop = stop
+        self.skip_header = spec.fmt == "cdnow"
+        self.file = spec.path.open("rb")
+        self.line_no = self.file.read(offset).count(b"\n") if offset else 0
+        self.file.seek(offset)
+        self._idle = False
+
+    def next_batch(self) -> list[RawBatch]:
+        stopping = self.stop is not None and self.stop.is_set()
+        records: list[RawRecord] = []
+        while len(records) < self.batch_size:
+            line = self.file.readline()
+            if not line.endswith(b"\n"):
+                # Nothing more, or a line still being written: read it again.
+                self.file.seek(self.offset)
+                break
+            self.offset += len(line)
+            self.line_no += 1
+            if self.line_no == 1:
+                line = line.removeprefix(_BOM)
+                if self.skip_header and _is_cdnow_header(line):
+                    continue
+            if line.strip():
+                records.append((self.line_no, line.rstrip(b"\r\n")))
+        self._idle = not records
+        if records:
+            return [RawBatch(self.index, records, False)]
+        if stopping:
+            self.file.close()
+            raise StopIteration
+        return []
+
+    def next_awake(self) -> datetime | None:
+        if self._idle:
+            return datetime.now(UTC) + timedelta(seconds=self.POLL_S)
+        return None
+
+    def snapshot(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        self.file.close()

@@ -360,6 +360,7 @@ def format_summary(summary: ReplaySummary, out: Path) -> str:
     rows += [
         ("duplicates", f"{counts.duplicates:,}"),
         ("after as-of", f"{counts.after_as_of:,}"),
+        ("late", f"{counts.late:,}"),
         ("customers", f"{summary.customers:,}"),
         ("interventions", f"{summary.interventions:,}"),
         ("events/s", f"{summary.events_per_s:,.0f}"),

@@ -112,6 +112,7 @@ class ReplaySummary:
             "rejected_by_reason": dict(sorted(self.counts.rejected.items())),
             "duplicates": self.counts.duplicates,
             "after_as_of": self.counts.after_as_of,
+            "late": self.counts.late,
             "customers": self.customers,
             "interventions": self.interventions,
             "seconds": round(self.seconds, 3),

@@ -237,7 +237,8 @@ def test_the_pure_python_kernel_writes_the_same_bytes_as_the_native_one(
 
     assert native.returncode == pure.returncode == 0
     assert "pure kernel" in pure.stdout
-    for name in ("customers.jsonl", "rejected.jsonl"):
+    assert (tmp_path / "n" / "interventions.jsonl").stat().st_size > 0
+    for name in ("customers.jsonl", "rejected.jsonl", "interventions.jsonl"):
         assert (tmp_path / "n" / name).read_bytes() == (
             tmp_path / "p" / name
         ).read_bytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from typing import Any
 
 import msgspec
@@ -594,3 +595,18 @@ def test_sort_key_of_a_too_large_record_is_none() -> None:
     ).build()
 
     assert decoder.sort_key(1, raw) is None
+
+
+def test_on_the_live_clock_an_event_too_far_ahead_of_the_wall_clock_is_rejected() -> (
+    None
+):
+    now_ms = time.time_ns() // 1_000_000
+    ahead = decode(jsonl(ts=now_ms + 3_600_000), allowed_skew_ms=300_000)
+    near = decode(jsonl(ts=now_ms + 60_000), allowed_skew_ms=300_000)
+
+    rejection = only_rejection(ahead)
+    assert rejection.code == "ts_out_of_range"
+    assert "at most 300 s ahead of the wall clock (clock.allowed_skew)" in (
+        rejection.reason
+    )
+    assert only_touch(near).ts_ms == now_ms + 60_000

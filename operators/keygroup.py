@@ -50,6 +50,7 @@ _table = load("table")
 
 SNAPSHOT_FORMAT = 3
 NO_TIME = -1
+HOUR_MS = 3_600_000
 _FIELD = {name: index for index, name in enumerate(ROW_FIELDS)}
 _SIGNAL_NAMES = {
     _table.SIGNAL_SILENCE: "silence",
@@ -187,6 +188,7 @@ class KeyGroupActor:
         self.value_model = None if settings.value is None else settings.value.build()
         self._pending: list[Intervention] = []
         self._late = 0
+        self._forget_cooldowns_at_ms = NO_TIME
         if resume_state is not None:
             self._restore(resume_state)
 
@@ -221,8 +223,10 @@ class KeyGroupActor:
         self._advance(mark, inclusive=False)
         self.deduper.forget_before(mark)
         rules = self._rules()
-        if rules is not None:
+        if rules is not None and mark >= self._forget_cooldowns_at_ms:
+            # A scan of every cooldown: at most once an hour of event time.
             forget_cooldowns(self.cooldowns, mark, rules.max_cooldown_ms)
+            self._forget_cooldowns_at_ms = mark + HOUR_MS
 
     def _advance(self, limit_ms: int, inclusive: bool) -> None:
         """Close the value windows up to `limit_ms` and fire the deadlines

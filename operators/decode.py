@@ -11,7 +11,6 @@ never stops the dataflow.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import re
@@ -22,6 +21,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
+import xxhash
 
 from operators.events import (
     CHANNEL_CODES,
@@ -125,6 +125,10 @@ class Decoder:
         self._cdnow_days: dict[bytes, int] = {}
         self._csv_fields_seen: dict[str, Any] = {}
         self.wall_ms = 0
+        # Looked up once per event: kept at hand.
+        self._skew_ms = settings.allowed_skew_ms
+        self._tenants = settings.tenants
+        self._tenant_defaults = settings.tenant_defaults
         self._parse = {
             "jsonl": self._parse_json,
             "msgpack": self._parse_msgpack,
@@ -204,33 +208,39 @@ class Decoder:
     def _normalise(
         self, position: int, raw: bytes, event: Event
     ) -> Rejection | tuple[Touch, int | None]:
-        def reject(code: str, reason: str) -> Rejection:
-            return Rejection(position, code, reason, event.event_id, self._excerpt(raw))
-
         ts = event.ts
         ts_ms = ts if isinstance(ts, int) else (ts - _EPOCH) // _MS
         if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
             shown = ts.isoformat() if isinstance(ts, datetime) else _ms_text(ts)
-            return reject(
+            return self._reject(
+                position,
+                raw,
+                event,
                 "ts_out_of_range",
                 "expected `ts` from 1970-01-01 up to 2100-01-01 (RFC 3339 "
                 f"with an offset, or epoch milliseconds) - got {shown}",
             )
-        skew_ms = self.settings.allowed_skew_ms
+        skew_ms = self._skew_ms
         if skew_ms is not None and ts_ms > self.wall_ms + skew_ms:
             shown = ts.isoformat() if isinstance(ts, datetime) else _ms_text(ts)
-            return reject(
+            return self._reject(
+                position,
+                raw,
+                event,
                 "ts_out_of_range",
                 f"expected `ts` at most {skew_ms / 1000:g} s ahead of the wall clock "
                 f"(clock.allowed_skew) - got {shown}, "
                 f"{(ts_ms - self.wall_ms) / 1000:g} s ahead",
             )
 
-        rule = self.settings.tenants.get(event.tenant, self.settings.tenant_defaults)
+        rule = self._tenants.get(event.tenant, self._tenant_defaults)
         amount = event.amount
         if amount is None:
             if event.kind in ("order", "refund"):
-                return reject(
+                return self._reject(
+                    position,
+                    raw,
+                    event,
                     "missing_field",
                     f"expected `amount` on an event of kind `{event.kind}` - got none",
                 )
@@ -238,7 +248,10 @@ class Decoder:
         elif event.currency is not None and event.currency != rule.currency:
             rate = rule.rates.get(event.currency)
             if rate is None:
-                return reject(
+                return self._reject(
+                    position,
+                    raw,
+                    event,
                     "currency",
                     f"expected `currency` {rule.currency} for tenant "
                     f"`{event.tenant}`, or one with a rate in its configuration "
@@ -246,7 +259,10 @@ class Decoder:
                 )
             amount = amount * rate
             if amount > MAX_AMOUNT:
-                return reject(
+                return self._reject(
+                    position,
+                    raw,
+                    event,
                     "invalid_field",
                     f"expected `amount` in {rule.currency} to be at most "
                     f"{MAX_AMOUNT:g} - got {amount:g} after conversion from "
@@ -254,23 +270,28 @@ class Decoder:
                 )
         score = -1 if event.score is None else event.score
         if event.kind == "nps" and score < 0:
-            return reject(
+            return self._reject(
+                position,
+                raw,
+                event,
                 "missing_field",
                 "expected `score` (0 to 10) on an event of kind `nps` - got none",
             )
 
         # The payload's identity is its meaning: the same instant and amount
-        # in another notation or currency is the same event.
-        canonical = msgspec.structs.replace(
-            event, ts=ts_ms, amount=amount, currency=None
-        )
-        digest = int.from_bytes(
-            hashlib.blake2b(self._canonical.encode(canonical), digest_size=8).digest()
-        )
+        # in another notation or currency is the same event. Most events are
+        # already in that form, and skip the copy.
+        if event.currency is None and isinstance(ts, int) and event.amount is not None:
+            canonical = event
+        else:
+            canonical = msgspec.structs.replace(
+                event, ts=ts_ms, amount=amount, currency=None
+            )
+        digest = xxhash.xxh3_64_intdigest(self._canonical.encode(canonical))
         touch = Touch(
             position,
             ts_ms,
-            self._day(ts_ms, rule.time_zone),
+            ts_ms // DAY_MS if rule.time_zone == "UTC" else self._day(ts_ms, rule),
             event.tenant,
             event.customer_id,
             event.source,
@@ -285,6 +306,11 @@ class Decoder:
         )
         return touch, rule.as_of_ms
 
+    def _reject(
+        self, position: int, raw: bytes, event: Event, code: str, reason: str
+    ) -> Rejection:
+        return Rejection(position, code, reason, event.event_id, self._excerpt(raw))
+
     def _plain(self, raw: bytes) -> Any:
         """The record as plain data, to show a bad value in a reason."""
         try:
@@ -296,9 +322,8 @@ class Decoder:
             return _MISSING
         return self._csv_fields_seen
 
-    def _day(self, ts_ms: int, time_zone: str) -> int:
-        if time_zone == "UTC":
-            return ts_ms // DAY_MS
+    def _day(self, ts_ms: int, rule: TenantRule) -> int:
+        time_zone = rule.time_zone
         zone = self._zones.get(time_zone)
         if zone is None:
             zone = self._zones[time_zone] = ZoneInfo(time_zone)

@@ -540,6 +540,18 @@ def test_the_digest_ignores_key_order_and_how_the_time_is_written() -> None:
     assert first.digest == second.digest
 
 
+def test_the_digest_of_a_converted_amount_is_that_of_the_amount_it_became() -> None:
+    rule = TenantRule(currency="USD", rates={"EUR": 1.25})
+
+    in_euros = only_touch(
+        decode(jsonl(currency="EUR", amount=8.0), tenant_defaults=rule)
+    )
+    in_dollars = only_touch(decode(jsonl(ts=TEN_AM_MS), tenant_defaults=rule))
+
+    assert in_euros.amount == in_dollars.amount == 10.0
+    assert in_euros.digest == in_dollars.digest
+
+
 def test_the_digest_is_the_same_for_json_and_msgpack() -> None:
     from_json = only_touch(decode(jsonl()))
     from_msgpack = only_touch(decode(msgspec.msgpack.encode(event()), format="msgpack"))

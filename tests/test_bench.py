@@ -16,6 +16,7 @@ from operators.events import Event
 from tests.support import ROOT, touchstream
 
 REPLAYS = (
+    "replay_quiet_jsonl_1w",
     "replay_jsonl_1w",
     "replay_jsonl_2w",
     "replay_msgpack_1w",
@@ -23,7 +24,15 @@ REPLAYS = (
     "replay_unsorted_jsonl_1w",
     "pure_replay_jsonl_1w",
 )
-RATES = (*REPLAYS, "ordering", "naive_jsonl_1w", "kernel_native", "kernel_pure")
+RATES = (
+    *REPLAYS,
+    "ordering",
+    "naive_jsonl_1w",
+    "decode_jsonl",
+    "decode_msgpack",
+    "kernel_native",
+    "kernel_pure",
+)
 MEMORY = ("memory_native", "memory_pure", "memory_naive")
 
 
@@ -67,6 +76,28 @@ def test_every_replay_reads_the_whole_stream_and_writes_the_same_outputs(
         assert results[name]["applied"] == events, name
     assert quick_report["outputs_agree"] is True
     assert results["replay_jsonl_1w"]["interventions"] > 0
+
+
+def test_the_quiet_replay_decides_nothing_on_the_same_customers(
+    quick_report: dict[str, Any],
+) -> None:
+    results = quick_report["results"]
+
+    assert results["replay_quiet_jsonl_1w"]["interventions"] == 0
+    assert (
+        results["replay_quiet_jsonl_1w"]["customers"]
+        == results["replay_jsonl_1w"]["customers"]
+    )
+
+
+def test_the_decode_step_alone_decodes_every_event_of_both_formats(
+    quick_report: dict[str, Any],
+) -> None:
+    results = quick_report["results"]
+    events = quick_report["config"]["events"]
+
+    assert results["decode_jsonl"]["applied"] == events
+    assert results["decode_msgpack"]["applied"] == events
 
 
 def test_native_cases_run_the_native_kernel_and_pure_cases_the_twin(

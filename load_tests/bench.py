@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -37,7 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -254,9 +254,14 @@ def write_stream(
 # The plan: which subprocess measures which case.
 
 
+Case = Callable[[], dict[str, Any]]
+
+
 def _plan(
     cases: list[str], data: Path, memory_customers: int
-) -> Iterator[tuple[str, Any]]:
+) -> Iterator[tuple[str, Case]]:
+    """Name and measure each case, in order; runs one at a time, so that
+    no case shares the two cores with another."""
     sorted_jsonl = data / SORTED_FILES["jsonl"]
     sorted_msgpack = data / SORTED_FILES["msgpack"]
     if "replay" in cases:
@@ -264,12 +269,12 @@ def _plan(
             for workers in (1, 2):
                 yield (
                     f"replay_{fmt}_{workers}w",
-                    _bind(_replay, path, fmt, workers, presorted=True),
+                    partial(_replay, path, fmt, workers, presorted=True),
                 )
         (data / QUIET_CONFIG).write_text('[silence]\nwindow = "3650d"\n')
         yield (
             "replay_quiet_jsonl_1w",
-            _bind(
+            partial(
                 _replay,
                 sorted_jsonl,
                 "jsonl",
@@ -279,29 +284,29 @@ def _plan(
             ),
         )
     if "ordering" in cases:
-        yield "ordering", _bind(_case, "ordering", data)
+        yield "ordering", partial(_case, "ordering", data)
         yield (
             "replay_unsorted_jsonl_1w",
-            _bind(_replay, data / UNSORTED_FILE, "jsonl", 1, presorted=False),
+            partial(_replay, data / UNSORTED_FILE, "jsonl", 1, presorted=False),
         )
     if "pure" in cases:
         yield (
             "pure_replay_jsonl_1w",
-            _bind(_replay, sorted_jsonl, "jsonl", 1, presorted=True, pure=True),
+            partial(_replay, sorted_jsonl, "jsonl", 1, presorted=True, pure=True),
         )
     if "naive" in cases:
-        yield "naive_jsonl_1w", _bind(_case, "naive", data)
+        yield "naive_jsonl_1w", partial(_case, "naive", data)
     if "decode" in cases:
         for fmt in SORTED_FILES:
-            yield f"decode_{fmt}", _bind(_case, f"decode_{fmt}", data)
+            yield f"decode_{fmt}", partial(_case, f"decode_{fmt}", data)
     if "kernel" in cases:
-        yield "kernel_native", _bind(_case, "kernel", data)
-        yield "kernel_pure", _bind(_case, "kernel", data, pure=True)
+        yield "kernel_native", partial(_case, "kernel", data)
+        yield "kernel_pure", partial(_case, "kernel", data, pure=True)
     if "memory" in cases:
         for impl in ("native", "pure", "naive"):
             yield (
                 f"memory_{impl}",
-                _bind(
+                partial(
                     _case,
                     f"memory_{impl}",
                     data,
@@ -311,12 +316,8 @@ def _plan(
             )
 
 
-def _bind(function: Any, *args: Any, **kwargs: Any) -> Any:
-    return lambda: function(*args, **kwargs)
-
-
 def _environment(pure: bool) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()}
+    env = dict(os.environ)
     env.pop("TOUCHSTREAM_PURE", None)
     env.pop("TOUCHSTREAM_REQUIRE_NATIVE", None)
     # A native case must never measure the twin by a silent fallback.
@@ -734,6 +735,7 @@ def _fill_events(start: int, end: int) -> list[Any]:
 def _memory(impl: str, customers: int) -> dict[str, Any]:
     """Resident bytes per customer of a filled state and, for the tables,
     the key-group actor's snapshot and restore of the whole state."""
+    import native
     from operators.keygroup import KeyGroupSettings
 
     chunk = 10_000
@@ -774,7 +776,6 @@ def _memory(impl: str, customers: int) -> dict[str, Any]:
     same = len(restored.table) == customers and all(
         restored.table.get_row(*key) == actor.table.get_row(*key) for key in probe
     )
-    native = importlib.import_module("native")
     result.update(
         {
             "kernel": native.implementation(),

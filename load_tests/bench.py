@@ -13,6 +13,9 @@ measures on those same events, each case in a subprocess of its own:
 - ``pure``: the replay with the pure-Python twin (``TOUCHSTREAM_PURE=1``);
 - ``naive``: a bytewax flow keyed by customer with ``stateful_map`` doing the
   same per-customer updates, silence noticed at the customer's next event;
+- ``steps``: the replay's own steps (decode, route, key-group actors with
+  the default rules) called in one process without bytewax, to show what of
+  the replay's time is the engine and what is Touchstream's Python;
 - ``decode``: the decode step alone (``Decoder.decode_batch``), both formats,
   to show what of the replay's time is decoding;
 - ``kernel``: ``CustomerTable.apply`` alone on pre-decoded events;
@@ -46,7 +49,16 @@ import msgspec
 from load_tests.generate import generate_events
 from stream.errors import RunError, UsageError
 
-CASE_GROUPS = ("replay", "ordering", "pure", "naive", "decode", "kernel", "memory")
+CASE_GROUPS = (
+    "replay",
+    "ordering",
+    "pure",
+    "naive",
+    "steps",
+    "decode",
+    "kernel",
+    "memory",
+)
 UNSORTED_FILE = "events.jsonl"
 SORTED_FILES = {"jsonl": "sorted.jsonl", "msgpack": "sorted.msgpack"}
 # A silence window longer than the stream: the replay then decides nothing,
@@ -296,6 +308,8 @@ def _plan(
         )
     if "naive" in cases:
         yield "naive_jsonl_1w", partial(_case, "naive", data)
+    if "steps" in cases:
+        yield "steps_jsonl", partial(_case, "steps", data)
     if "decode" in cases:
         for fmt in SORTED_FILES:
             yield f"decode_{fmt}", partial(_case, f"decode_{fmt}", data)
@@ -426,6 +440,8 @@ def _run_case(args: argparse.Namespace) -> dict[str, Any]:
         return _naive(data / SORTED_FILES["jsonl"])
     if args.case == "kernel":
         return _kernel(data / SORTED_FILES["jsonl"])
+    if args.case == "steps":
+        return _steps(data / SORTED_FILES["jsonl"])
     if args.case in ("decode_jsonl", "decode_msgpack"):
         fmt = args.case.removeprefix("decode_")
         return _decode(data / SORTED_FILES[fmt], fmt)
@@ -475,6 +491,80 @@ def _decode(path: Path, fmt: str) -> dict[str, Any]:
         "events_per_s": round(len(records) / seconds),
         "seconds": round(seconds, 3),
         "applied": touches,
+    }
+
+
+def _steps(path: Path) -> dict[str, Any]:
+    """The replay's steps without bytewax: each raw batch decoded and split
+    by the decode step, each share given to its key-group actor (built with
+    the settings a `touchstream replay` without options uses), then the end
+    of input. Records are split from the file before the clock starts."""
+    from operators.clv import ValueSettings
+    from operators.decode import DecodeSettings, TenantRule
+    from operators.keygroup import KeyGroupActor, KeyGroupSettings
+    from stream.config import (
+        decision_settings,
+        health_settings,
+        load_config,
+        rules_path,
+    )
+    from stream.flow import REPORT_KEY, DecodeStep
+    from stream.params import horizon_days, load_params
+    from stream.rulebook import RuleBook
+    from stream.sources import RawBatch, read_records
+
+    config = load_config(None)
+    params, _ = load_params(None)
+    tenant = config.tenant_defaults
+    decode = DecodeSettings(
+        format="jsonl",
+        input_name=path.name,
+        default_tenant=config.default_tenant,
+        tenant_defaults=TenantRule(tenant.currency, tenant.time_zone, tenant.rates),
+        max_record_bytes=config.max_record_bytes,
+    )
+    settings = KeyGroupSettings(
+        partitions=1,
+        dedupe_span_ms=config.dedupe_span_ms,
+        value=ValueSettings(
+            params,
+            horizon_days=horizon_days(None, config, None),
+            margin=config.value.margin,
+            annual_discount=config.value.annual_discount,
+        ),
+        health=health_settings(config),
+        decisions=decision_settings(config),
+        rules=RuleBook(rules_path(config)),
+        default_time_zone=tenant.time_zone,
+        default_currency=tenant.currency,
+    )
+    records = [record for record, _ in read_records(path, "jsonl")]
+    batches = [
+        RawBatch(0, records[start : start + BATCH_SIZE], False)
+        for start in range(0, len(records), BATCH_SIZE)
+    ]
+    step = DecodeStep(decode, config.key_groups)
+    actors: dict[str, KeyGroupActor] = {}
+    interventions = 0
+    gc.collect()
+    started = time.perf_counter()
+    for batch in batches:
+        for key, item in step(batch):
+            if key == REPORT_KEY:
+                continue
+            actor = actors.get(key)
+            if actor is None:
+                actor = actors[key] = settings.build()
+            for report in actor.on_batch([item]):
+                interventions += len(report.interventions)
+    for actor in actors.values():
+        for report in actor.on_eof():
+            interventions += len(report.interventions)
+    seconds = time.perf_counter() - started
+    return {
+        "events_per_s": round(len(records) / seconds),
+        "seconds": round(seconds, 3),
+        "interventions": interventions,
     }
 
 
@@ -886,6 +976,7 @@ _LABELS = {
     "replay_unsorted_jsonl_1w": "replay, unsorted JSON lines, native, 1 worker",
     "pure_replay_jsonl_1w": "replay, JSON lines, pure Python, 1 worker",
     "naive_jsonl_1w": "naive bytewax stateful_map per customer",
+    "steps_jsonl": "replay's steps without bytewax, JSON lines, native",
     "decode_jsonl": "decode alone (Decoder.decode_batch), JSON lines",
     "decode_msgpack": "decode alone (Decoder.decode_batch), MessagePack",
     "kernel_native": "kernel alone (CustomerTable.apply), native",

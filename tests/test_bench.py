@@ -28,6 +28,7 @@ RATES = (
     *REPLAYS,
     "ordering",
     "naive_jsonl_1w",
+    "steps_jsonl",
     "decode_jsonl",
     "decode_msgpack",
     "kernel_native",
@@ -76,6 +77,17 @@ def test_every_replay_reads_the_whole_stream_and_writes_the_same_outputs(
         assert results[name]["applied"] == events, name
     assert quick_report["outputs_agree"] is True
     assert results["replay_jsonl_1w"]["interventions"] > 0
+
+
+def test_the_steps_without_bytewax_decide_what_the_replay_decides(
+    quick_report: dict[str, Any],
+) -> None:
+    results = quick_report["results"]
+
+    assert (
+        results["steps_jsonl"]["interventions"]
+        == results["replay_jsonl_1w"]["interventions"]
+    )
 
 
 def test_the_quiet_replay_decides_nothing_on_the_same_customers(

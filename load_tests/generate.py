@@ -1,9 +1,9 @@
 """A seeded generator of realistic touchpoint events.
 
 Eight channels, a skewed customer popularity (a few customers make most of
-the traffic), orders mixed with engagement and service events, both
-directions, and arrivals out of order within a bound. The same seed gives
-the same events.
+the traffic: a power of a uniform draw, or a Zipf law by rank), orders mixed
+with engagement and service events, both directions, and arrivals out of
+order within a bound. The same seed gives the same events.
 
     python -m load_tests.generate --events 100000 --customers 5000 out.jsonl
 """
@@ -11,6 +11,8 @@ the same events.
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,9 +52,20 @@ def generate_events(
     mean_gap_ms: int = 2_000,
     disorder_ms: int = 5_000,
     tenant: str = "demo",
+    zipf_exponent: float | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield `count` events over `customers` customers."""
+    """Yield `count` events over `customers` customers.
+
+    With `zipf_exponent` s, customer k (from 0) is picked with a weight of
+    1 / (k + 1) ** s; without it, as a power of a uniform draw.
+    `disorder_ms` bounds how far an event's time lags the arrival clock.
+    """
     rng = random.Random(seed)
+    cumulative: list[float] = []
+    if zipf_exponent is not None:
+        cumulative = list(
+            itertools.accumulate((k + 1) ** -zipf_exponent for k in range(customers))
+        )
     kinds = [kind for kind, _, _ in KIND_MIX]
     kind_weights = [weight for _, weight, _ in KIND_MIX]
     directions = {kind: direction for kind, _, direction in KIND_MIX}
@@ -60,8 +73,12 @@ def generate_events(
 
     for index in range(count):
         clock_ms += int(rng.expovariate(1 / mean_gap_ms))
-        # A power of a uniform draw: low ids are far more popular.
-        customer = int(customers * rng.random() ** 3)
+        if cumulative:
+            draw = rng.random() * cumulative[-1]
+            customer = min(bisect.bisect(cumulative, draw), customers - 1)
+        else:
+            # A power of a uniform draw: low ids are far more popular.
+            customer = int(customers * rng.random() ** 3)
         kind = rng.choices(kinds, kind_weights)[0]
         direction = directions[kind] or rng.choice(("inbound", "outbound"))
         event: dict[str, Any] = {
@@ -92,12 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--format", choices=("jsonl", "msgpack"), default="jsonl")
+    parser.add_argument(
+        "--zipf",
+        type=float,
+        metavar="S",
+        help="pick customers by a Zipf law of exponent S (default: a power law)",
+    )
     args = parser.parse_args(argv)
 
     encode = msgspec.json.encode if args.format == "jsonl" else msgspec.msgpack.encode
     suffix = b"\n" if args.format == "jsonl" else b""
     with args.out.open("wb") as file:
-        for event in generate_events(args.events, args.customers, seed=args.seed):
+        for event in generate_events(
+            args.events, args.customers, seed=args.seed, zipf_exponent=args.zipf
+        ):
             file.write(encode(event) + suffix)
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 import orjson
 
+from load_tests import bench
 from operators.clv import ValueSettings
 from operators.decode import FORMATS
 from stream.config import health_settings, load_config, load_csv_map
@@ -200,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--json", action="store_true", help="print the lineage as JSON"
     )
+    bench_parser = commands.add_parser(
+        "bench",
+        help="measure the replay pipeline against its baselines on one stream",
+        description=(
+            "Generate a seeded event stream and measure, side by side on it, "
+            "the replay pipeline (native and pure kernels, 1 and 2 workers, "
+            "JSON lines and MessagePack), the ordering step, a naive bytewax "
+            "flow keyed by customer, the kernel alone, memory per customer "
+            "and snapshot and restore; the same as `python -m load_tests.bench`."
+        ),
+    )
+    _add_log_level(bench_parser, argparse.SUPPRESS)
+    bench.add_arguments(bench_parser)
     return parser
 
 
@@ -224,7 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        command = {"fit": _fit, "explain": _explain, "replay": _replay}
+        command = {
+            "fit": _fit,
+            "explain": _explain,
+            "replay": _replay,
+            "bench": bench.run,
+        }
         return command[args.command](args)
     except UsageError as ex:
         parser.exit(EXIT_USAGE, f"touchstream: error: {ex}\n")

@@ -1178,12 +1178,12 @@ cdef class CustomerTable:
         implementation or the twin). A refused snapshot leaves it empty."""
         cdef bytes blob = bytes(data)
 
-        check_header(blob)
-        if not _LITTLE_ENDIAN:
-            msg = "customer-table snapshots need a little-endian host"
-            raise NotImplementedError(msg)
         self._reset()
         try:
+            check_header(blob)
+            if not _LITTLE_ENDIAN:
+                msg = "customer-table snapshots need a little-endian host"
+                raise NotImplementedError(msg)
             self._restore(blob)
         except BaseException:
             self._reset()

@@ -585,9 +585,9 @@ class CustomerTable:
         implementation or the native one). A refused snapshot leaves it
         empty."""
         blob = bytes(data)
-        check_header(blob)
         self.load_rows([])
         try:
+            check_header(blob)
             self._restore(blob)
         except BaseException:
             self.load_rows([])

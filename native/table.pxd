@@ -75,7 +75,7 @@ cdef class CustomerTable:
     cdef char* arena
     cdef Py_ssize_t arena_used
     cdef Py_ssize_t arena_capacity
-    cdef int32_t* index
+    cdef uint64_t* index
     cdef Py_ssize_t index_mask
     cdef Timer* timers
     cdef Py_ssize_t timer_count
@@ -102,7 +102,7 @@ cdef class CustomerTable:
     cdef Py_ssize_t _insert(self, uint32_t tenant, const char* key,
                             Py_ssize_t length) except -1
     cdef Py_ssize_t _create(self, object tenant, object customer_id) except -1
-    cdef int _grow_index(self) except -1
+    cdef int _grow_index(self, Py_ssize_t wanted) except -1
     cdef uint32_t _tenant_code(self, object tenant) except 0xFFFFFFFF
     cdef uint32_t _segment_code(self, object segment) except 0xFFFFFFFF
     cdef uint32_t _source_code(self, object source) except 0xFFFFFFFF

@@ -54,7 +54,7 @@ cdef enum:
     # Snapshot layout: header, counts, then per record a fixed part and
     # its variable parts (see the twin's docstring).
     HEADER_BYTES = 16
-    COUNTS_BYTES = 20
+    COUNTS_BYTES = 36
     RECORD_BYTES = 156
     CHANNEL_BYTES = 40
     SPEND_BYTES = 12
@@ -98,6 +98,20 @@ cdef void* _grown(void* data, Py_ssize_t* capacity, Py_ssize_t needed,
     return grown
 
 
+cdef void* _reserved(void* data, Py_ssize_t* capacity, Py_ssize_t needed,
+                     size_t item_bytes) except? NULL:
+    # Exactly `needed` items, when more than there is room for.
+    cdef void* grown
+
+    if needed <= capacity[0]:
+        return data
+    grown = realloc(data, <size_t>needed * item_bytes)
+    if grown == NULL:
+        raise MemoryError()
+    capacity[0] = needed
+    return grown
+
+
 cdef inline uint64_t _hash(uint32_t tenant, const char* key,
                            Py_ssize_t length) noexcept:
     # FNV-1a, then a finaliser: the index takes the low bits, which FNV
@@ -112,6 +126,10 @@ cdef inline uint64_t _hash(uint32_t tenant, const char* key,
     value *= 0xFF51AFD7ED558CCDULL
     value ^= value >> 33
     return value
+
+
+cdef inline uint64_t _entry(uint64_t hash, Py_ssize_t position) noexcept:
+    return (hash >> 32 << 32) | <uint64_t>(position + 1)
 
 
 cdef inline int _compare_keys(Record* left, Record* right, const char* arena,
@@ -405,7 +423,7 @@ cdef class CustomerTable:
             self.capacity * sizeof(Record)
             + self.channel_capacity * sizeof(ChannelState)
             + self.arena_capacity
-            + (self.index_mask + 1) * sizeof(int32_t)
+            + (self.index_mask + 1) * sizeof(uint64_t)
             + self.timer_capacity * sizeof(Timer)
             + len(self.tenants) * sizeof(uint32_t)
         )
@@ -415,46 +433,51 @@ cdef class CustomerTable:
     cdef Py_ssize_t _find(self, uint32_t tenant, const char* key,
                           Py_ssize_t length, uint64_t hash) noexcept:
         # The record's position, or -(slot + 1) for the free slot where it
-        # would go. The index is never full (see _insert).
+        # would go. The index is never full (see _insert). A slot holds the
+        # hash's high half beside position + 1 (0: free), so that probing
+        # past other keys rarely reads their records: each read is a cache
+        # miss in a large table.
         cdef Py_ssize_t slot = <Py_ssize_t>(hash & <uint64_t>self.index_mask)
-        cdef int32_t found
+        cdef uint64_t entry, tag = hash >> 32
         cdef Record* record
 
         while True:
-            found = self.index[slot]
-            if found < 0:
+            entry = self.index[slot]
+            if entry == 0:
                 return -(slot + 1)
-            record = &self.records[found]
-            if (record.tenant == tenant and record.id_length == length
-                    and memcmp(self.arena + record.id_offset, key,
-                               length) == 0):
-                return found
+            if entry >> 32 == tag:
+                record = &self.records[<uint32_t>entry - 1]
+                if (record.tenant == tenant and record.id_length == length
+                        and memcmp(self.arena + record.id_offset, key,
+                                   length) == 0):
+                    return <uint32_t>entry - 1
             slot = (slot + 1) & self.index_mask
 
-    cdef int _grow_index(self) except -1:
+    cdef int _grow_index(self, Py_ssize_t wanted) except -1:
+        # Room for `wanted` records at a load of at most 3/4.
         cdef Py_ssize_t size = 16, i, slot
-        cdef int32_t* index
+        cdef uint64_t* index
+        cdef uint64_t hash
         cdef Record* record
 
-        while size * 3 < (self.count + 1) * 4:
+        while size * 3 < wanted * 4:
             size *= 2
         if self.index != NULL and size <= self.index_mask + 1:
             return 0
-        index = <int32_t*>realloc(NULL, size * sizeof(int32_t))
+        index = <uint64_t*>realloc(NULL, size * sizeof(uint64_t))
         if index == NULL:
             raise MemoryError()
-        memset(index, 0xFF, size * sizeof(int32_t))
+        memset(index, 0, size * sizeof(uint64_t))
         free(self.index)
         self.index = index
         self.index_mask = size - 1
         for i in range(self.count):
             record = &self.records[i]
-            slot = -1 - self._find(
-                record.tenant, self.arena + record.id_offset,
-                record.id_length,
-                _hash(record.tenant, self.arena + record.id_offset,
-                      record.id_length))
-            self.index[slot] = <int32_t>i
+            hash = _hash(record.tenant, self.arena + record.id_offset,
+                         record.id_length)
+            slot = -1 - self._find(record.tenant, self.arena + record.id_offset,
+                                   record.id_length, hash)
+            self.index[slot] = _entry(hash, i)
         return 0
 
     cdef Py_ssize_t _lookup(self, object tenant,
@@ -484,14 +507,15 @@ cdef class CustomerTable:
                             Py_ssize_t length) except -1:
         # The record of (tenant, key), made with default state if new.
         cdef Py_ssize_t found, position, channel
+        cdef uint64_t hash = _hash(tenant, key, length)
         cdef Record* record
 
         if length > MAX_ID_BYTES:
             msg = f"customer id of {length} bytes is longer than {MAX_ID_BYTES}"
             raise ValueError(msg)
         if self.index == NULL or (self.count + 1) * 4 > (self.index_mask + 1) * 3:
-            self._grow_index()
-        found = self._find(tenant, key, length, _hash(tenant, key, length))
+            self._grow_index(self.count + 1)
+        found = self._find(tenant, key, length, hash)
         if found >= 0:
             return found
         if self.count >= 0x7FFFFFFF:
@@ -528,7 +552,7 @@ cdef class CustomerTable:
         record.id_offset = <uint32_t>self.arena_used
         record.id_length = <uint16_t>length
         self.arena_used += length
-        self.index[-1 - found] = <int32_t>position
+        self.index[-1 - found] = _entry(hash, position)
         self.count += 1
         return position
 
@@ -1055,7 +1079,7 @@ cdef class CustomerTable:
     def snapshot(self):
         """Return the whole state as bytes (``TABLE_FORMAT``), the same bytes
         as the twin's for the same state."""
-        cdef Py_ssize_t size, position, names_bytes = 0
+        cdef Py_ssize_t size, position, names_bytes = 0, channels = 0
         cdef Record* record
         cdef ChannelState* state
         cdef int channel, slot
@@ -1079,14 +1103,16 @@ cdef class CustomerTable:
             record = &self.records[position]
             size += RECORD_BYTES + record.id_length
             for channel in range(N_CHANNELS):
-                if record.channel[channel] >= 0:
-                    size += CHANNEL_BYTES
+                if (record.channel[channel] >= 0 and not _is_default(
+                        &self.channels[record.channel[channel]])):
+                    channels += 1
             for slot in range(SOURCE_SLOTS):
                 if record.source_code[slot] != 0:
                     size += SPEND_BYTES
             if record.spend_overflow:
                 size += SPEND_BYTES * len(self.spend_overflow[position])
 
+        size += channels * CHANNEL_BYTES
         data = PyBytes_FromStringAndSize(NULL, size)
         at = PyBytes_AS_STRING(data)
         memcpy(at, b"TSKT", 4)
@@ -1096,6 +1122,8 @@ cdef class CustomerTable:
         for encoded in names:
             at = _put_u32(at, len(encoded))
         at = _put_i64(at, self.count)
+        at = _put_i64(at, self.arena_used)
+        at = _put_i64(at, channels)
         for encoded in names:
             for name in encoded:
                 at = _put_u32(at, len(name))
@@ -1169,9 +1197,7 @@ cdef class CustomerTable:
                 for code, value in extra.items():
                     at = _put_u32(at, code)
                     at = _put_f64(at, value)
-        # The size pass counted channels that may be all defaults: trim.
-        return data[:at - PyBytes_AS_STRING(data)] if (
-            at - PyBytes_AS_STRING(data) != size) else data
+        return data
 
     def restore(self, data):
         """Replace the table's content with a :meth:`snapshot` (of this
@@ -1198,7 +1224,7 @@ cdef class CustomerTable:
         cdef uint32_t length, tenant, segment, code
         cdef uint16_t id_length, spends
         cdef uint8_t mask
-        cdef int64_t records
+        cdef int64_t records, id_bytes, channels
         cdef Py_ssize_t position, offset, index, need
         cdef Record* record
         cdef ChannelState* state
@@ -1211,6 +1237,8 @@ cdef class CustomerTable:
         for index in range(3):
             counts[index] = _get_u32(&at)
         records = _get_i64(&at)
+        id_bytes = _get_i64(&at)
+        channels = _get_i64(&at)
         for index, names, known in (
                 (0, self.tenants, self.tenant_codes),
                 (1, self.segments, self.segment_codes),
@@ -1234,6 +1262,10 @@ cdef class CustomerTable:
             _corrupt(HEADER_BYTES, f"{counts[2]} sources, more than the limit")
         if records < 0 or records > (end - at) // RECORD_BYTES:
             _corrupt(HEADER_BYTES + 12, f"{records} records cannot fit")
+        if id_bytes < 0 or id_bytes > end - at:
+            _corrupt(HEADER_BYTES + 20, f"{id_bytes} bytes of ids cannot fit")
+        if channels < 0 or channels > (end - at) // CHANNEL_BYTES:
+            _corrupt(HEADER_BYTES + 28, f"{channels} channel states cannot fit")
         self.tenant_rank = <uint32_t*>realloc(
             NULL, (counts[0] + 1) * sizeof(uint32_t))
         if self.tenant_rank == NULL:
@@ -1241,9 +1273,17 @@ cdef class CustomerTable:
         for index, code in enumerate(
                 sorted(range(counts[0]), key=self.tenants.__getitem__)):
             self.tenant_rank[code] = index
+        # Each array once at its final size: no copies while growing, and
+        # no slack.
+        self.records = <Record*>_reserved(self.records, &self.capacity,
+                                          records, sizeof(Record))
+        self.arena = <char*>_reserved(self.arena, &self.arena_capacity,
+                                      id_bytes, 1)
+        self.channels = <ChannelState*>_reserved(
+            self.channels, &self.channel_capacity, channels,
+            sizeof(ChannelState))
         if records > 0:
-            self.records = <Record*>_grown(self.records, &self.capacity,
-                                           records, sizeof(Record))
+            self._grow_index(records)
 
         for position in range(records):
             offset = at - start
@@ -1328,4 +1368,6 @@ cdef class CustomerTable:
                 self._add_spend(position, code, _get_f64(&at), False)
         if at != end:
             _corrupt(at - start, "bytes left after the last record")
+        if self.arena_used != id_bytes or self.channel_count != channels:
+            _corrupt(HEADER_BYTES + 20, "the counts disagree with the records")
         self._rebuild_timers()

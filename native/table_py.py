@@ -7,7 +7,9 @@ kernel test against both implementations.
 A snapshot (``TABLE_FORMAT`` 1) is little-endian and packed:
 
 - header, 16 bytes: magic ``TSKT``, format (u16), 0 (u16), total length (u64);
-- counts, 20 bytes: tenants, segments, sources (u32 each), records (u64);
+- counts, 36 bytes: tenants, segments, sources (u32 each), then records,
+  bytes of customer ids and channel states (u64 each), so that a reader
+  allocates its arrays once;
 - the names of tenants, segments and sources, in code order, each a u32
   length and UTF-8 bytes;
 - each record, in the table's order: the fixed part (:data:`RECORD`, 156
@@ -53,7 +55,7 @@ ROW_FORMAT = 3
 TABLE_FORMAT = 1
 SNAPSHOT_MAGIC = b"TSKT"
 HEADER = struct.Struct("<4sHHQ")
-COUNTS = struct.Struct("<IIIQ")
+COUNTS = struct.Struct("<IIIQQQ")
 NAME_LENGTH = struct.Struct("<I")
 RECORD = struct.Struct("<IIHBHqqqqiiidddqqiiiqqqbdidbb")
 CHANNEL = struct.Struct("<qqiidd")
@@ -567,15 +569,19 @@ class CustomerTable:
     def snapshot(self) -> bytes:
         """Return the whole state as bytes (``TABLE_FORMAT``), the same bytes
         as the native table's for the same state."""
-        parts = [b"", COUNTS.pack(0, 0, 0, 0)]
+        parts = [b"", b""]
         names = (self.tenants, self.segments, self.sources)
         for table in names:
             for name in table:
                 encoded = name.encode()
                 parts += [NAME_LENGTH.pack(len(encoded)), encoded]
+        id_bytes = channels = 0
         for record in self.records.values():
-            parts += _record_bytes(record, self)
-        parts[1] = COUNTS.pack(*map(len, names), len(self.records))
+            fixed, customer_id, *rest = _record_bytes(record, self)
+            parts += [fixed, customer_id, *rest]
+            id_bytes += len(customer_id)
+            channels += bin(fixed[10]).count("1")
+        parts[1] = COUNTS.pack(*map(len, names), len(self.records), id_bytes, channels)
         size = sum(map(len, parts)) + HEADER.size
         parts[0] = HEADER.pack(SNAPSHOT_MAGIC, TABLE_FORMAT, 0, size)
         return b"".join(parts)
@@ -597,7 +603,7 @@ class CustomerTable:
         at = HEADER.size
         if len(blob) - at < COUNTS.size:
             _corrupt(at, "the counts are cut short")
-        *counts, count = COUNTS.unpack_from(blob, at)
+        *counts, count, id_bytes, channels = COUNTS.unpack_from(blob, at)
         at += COUNTS.size
         names: list[list[str]] = []
         for kind in (self.tenants, self.segments, self.sources):
@@ -618,25 +624,29 @@ class CustomerTable:
                 kind[name] = code
                 names[-1].append(name)
                 at += length
-        tenants, segments, sources = names
-        if len(sources) > MAX_SOURCES:
-            _corrupt(HEADER.size, f"{len(sources)} sources, more than the limit")
+        if len(names[2]) > MAX_SOURCES:
+            _corrupt(HEADER.size, f"{len(names[2])} sources, more than the limit")
         if count > (len(blob) - at) // RECORD.size:
             _corrupt(HEADER.size + 12, f"{count} records cannot fit")
+        if id_bytes > len(blob) - at:
+            _corrupt(HEADER.size + 20, f"{id_bytes} bytes of ids cannot fit")
+        if channels > (len(blob) - at) // CHANNEL.size:
+            _corrupt(HEADER.size + 28, f"{channels} channel states cannot fit")
+        totals = [0, 0]
         for _ in range(count):
-            at = self._restore_record(blob, at, tenants, segments, sources)
+            at = self._restore_record(blob, at, names, totals)
         if at != len(blob):
             _corrupt(at, "bytes left after the last record")
+        if totals != [id_bytes, channels]:
+            _corrupt(HEADER.size + 20, "the counts disagree with the records")
         self._rebuild_timers()
 
     def _restore_record(
-        self,
-        blob: bytes,
-        at: int,
-        tenants: list[str],
-        segments: list[str],
-        sources: list[str],
+        self, blob: bytes, at: int, names: list[list[str]], totals: list[int]
     ) -> int:
+        # One record from `at`; return where the next starts. `totals`
+        # counts the bytes of ids and the channel states read.
+        tenants, segments, sources = names
         offset = at
         if len(blob) - at < RECORD.size:
             _corrupt(offset, "a record is cut short")
@@ -656,6 +666,8 @@ class CustomerTable:
         need = id_length + len(used) * CHANNEL.size + spends * SPEND.size
         if len(blob) - at < need:
             _corrupt(offset, "a record is cut short")
+        totals[0] += id_length
+        totals[1] += len(used)
         try:
             customer_id = blob[at : at + id_length].decode()
         except UnicodeDecodeError:

@@ -560,13 +560,26 @@ def _with_format(data: bytes, number: int) -> bytes:
         (lambda data: data[:-7], r"truncated: its header says \d+ bytes, got"),
         (lambda data: data + b"\0", r"has 1 bytes after its end"),
         # The first record's tenant code: after the header (16 bytes), the
-        # counts (20) and the names acme, s0, s1, s2 and erp (33).
+        # counts (36) and the names acme, s0, s1, s2 and erp (33).
         (
-            lambda data: data[:69] + b"\x09" + data[70:],
-            r"corrupt at byte 69: tenant code 9 out of range",
+            lambda data: data[:85] + b"\x09" + data[86:],
+            r"corrupt at byte 85: tenant code 9 out of range",
+        ),
+        (
+            lambda data: data[:44] + b"\x01" + data[45:],
+            r"corrupt at byte 36: the counts disagree with the records",
         ),
     ],
-    ids=["magic", "header", "newer", "older", "truncated", "longer", "tenant"],
+    ids=[
+        "magic",
+        "header",
+        "newer",
+        "older",
+        "truncated",
+        "longer",
+        "tenant",
+        "counts",
+    ],
 )
 def test_a_bad_snapshot_is_refused_saying_what_is_wrong(
     table_module: ModuleType, spoil: Any, message: str

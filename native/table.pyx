@@ -31,6 +31,42 @@ from libc.stdlib cimport free, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define TS_PREFETCH(address) __builtin_prefetch(address)
+    #else
+    #define TS_PREFETCH(address) ((void)(address))
+    #endif
+    """
+    void _prefetch "TS_PREFETCH"(const void* address) noexcept nogil
+
+
+cdef extern from *:
+    """
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #include <stdint.h>
+    #ifndef MADV_POPULATE_WRITE
+    #define MADV_POPULATE_WRITE 23
+    #endif
+    /* Fault in a large block that is about to be filled in one call: a
+       page fault every 4 KiB costs more than writing the page. Kernels
+       before 5.14 refuse the advice, and the pages then fault as usual. */
+    static void ts_populate(void* data, size_t size) {
+        uintptr_t start = ((uintptr_t)data + 4095) & ~(uintptr_t)4095;
+        uintptr_t end = ((uintptr_t)data + size) & ~(uintptr_t)4095;
+        if (size >= ((size_t)4 << 20) && end > start) {
+            madvise((void*)start, end - start, MADV_POPULATE_WRITE);
+        }
+    }
+    #else
+    static void ts_populate(void* data, size_t size) {}
+    #endif
+    """
+    void _populate "ts_populate"(void* data, size_t size) noexcept nogil
+
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text,
                                         Py_ssize_t* size) except NULL
@@ -58,6 +94,8 @@ cdef enum:
     RECORD_BYTES = 156
     CHANNEL_BYTES = 40
     SPEND_BYTES = 12
+    PREFETCH_AHEAD = 8
+    INDEX_AHEAD = 16
 
 KIND_CODES = {
     "order": KIND_ORDER,
@@ -83,14 +121,16 @@ cdef bint _LITTLE_ENDIAN = sys.byteorder == "little"
 
 cdef void* _grown(void* data, Py_ssize_t* capacity, Py_ssize_t needed,
                   size_t item_bytes) except NULL:
-    # Grow by half: doubling would leave up to half of a large table unused.
+    # Grow by half, and by an eighth past a megabyte: a large block is
+    # moved by remapping its pages, not copied, so small steps cost little
+    # and leave little of a large table unused.
     cdef Py_ssize_t size = capacity[0]
     cdef void* grown
 
     if size < 16:
         size = 16
     while size < needed:
-        size += size // 2
+        size += size // 8 if <size_t>size * item_bytes > 1 << 20 else size // 2
     grown = realloc(data, <size_t>size * item_bytes)
     if grown == NULL:
         raise MemoryError()
@@ -108,6 +148,7 @@ cdef void* _reserved(void* data, Py_ssize_t* capacity, Py_ssize_t needed,
     grown = realloc(data, <size_t>needed * item_bytes)
     if grown == NULL:
         raise MemoryError()
+    _populate(grown, <size_t>needed * item_bytes)
     capacity[0] = needed
     return grown
 
@@ -453,17 +494,20 @@ cdef class CustomerTable:
                     return <uint32_t>entry - 1
             slot = (slot + 1) & self.index_mask
 
-    cdef int _grow_index(self, Py_ssize_t wanted) except -1:
-        # Room for `wanted` records at a load of at most 3/4.
-        cdef Py_ssize_t size = 16, i, slot
+    cdef Py_ssize_t _grow_index(self, Py_ssize_t wanted) except -2:
+        # Room for `wanted` records at a load of at most 3/4, every record
+        # indexed again; return -1, or the position of a record whose key
+        # an earlier one has (only a corrupt snapshot gives one).
+        cdef Py_ssize_t size = 16, i, found
         cdef uint64_t* index
+        cdef uint64_t hashes[INDEX_AHEAD]
         cdef uint64_t hash
         cdef Record* record
 
         while size * 3 < wanted * 4:
             size *= 2
         if self.index != NULL and size <= self.index_mask + 1:
-            return 0
+            return -1
         index = <uint64_t*>realloc(NULL, size * sizeof(uint64_t))
         if index == NULL:
             raise MemoryError()
@@ -471,14 +515,30 @@ cdef class CustomerTable:
         free(self.index)
         self.index = index
         self.index_mask = size - 1
+        # Each insert is a cache miss in a large index: hash a few records
+        # ahead and ask for their slots before they are needed.
+        for i in range(min(INDEX_AHEAD, self.count)):
+            hashes[i] = self._record_hash(i)
+            _prefetch(&index[hashes[i] & <uint64_t>self.index_mask])
         for i in range(self.count):
+            hash = hashes[i % INDEX_AHEAD]
+            if i + INDEX_AHEAD < self.count:
+                hashes[i % INDEX_AHEAD] = self._record_hash(i + INDEX_AHEAD)
+                _prefetch(&index[hashes[i % INDEX_AHEAD]
+                                 & <uint64_t>self.index_mask])
             record = &self.records[i]
-            hash = _hash(record.tenant, self.arena + record.id_offset,
-                         record.id_length)
-            slot = -1 - self._find(record.tenant, self.arena + record.id_offset,
-                                   record.id_length, hash)
-            self.index[slot] = _entry(hash, i)
-        return 0
+            found = self._find(record.tenant, self.arena + record.id_offset,
+                               record.id_length, hash)
+            if found >= 0:
+                return i
+            index[-1 - found] = _entry(hash, i)
+        return -1
+
+    cdef uint64_t _record_hash(self, Py_ssize_t position) noexcept:
+        cdef Record* record = &self.records[position]
+
+        return _hash(record.tenant, self.arena + record.id_offset,
+                     record.id_length)
 
     cdef Py_ssize_t _lookup(self, object tenant,
                             object customer_id) except -2:
@@ -506,18 +566,27 @@ cdef class CustomerTable:
     cdef Py_ssize_t _insert(self, uint32_t tenant, const char* key,
                             Py_ssize_t length) except -1:
         # The record of (tenant, key), made with default state if new.
-        cdef Py_ssize_t found, position, channel
+        cdef Py_ssize_t found, position
         cdef uint64_t hash = _hash(tenant, key, length)
-        cdef Record* record
 
-        if length > MAX_ID_BYTES:
-            msg = f"customer id of {length} bytes is longer than {MAX_ID_BYTES}"
-            raise ValueError(msg)
         if self.index == NULL or (self.count + 1) * 4 > (self.index_mask + 1) * 3:
             self._grow_index(self.count + 1)
         found = self._find(tenant, key, length, hash)
         if found >= 0:
             return found
+        position = self._append(tenant, key, length)
+        self.index[-1 - found] = _entry(hash, position)
+        return position
+
+    cdef Py_ssize_t _append(self, uint32_t tenant, const char* key,
+                            Py_ssize_t length) except -1:
+        # A new record with default state, not yet in the index.
+        cdef Py_ssize_t position, channel
+        cdef Record* record
+
+        if length > MAX_ID_BYTES:
+            msg = f"customer id of {length} bytes is longer than {MAX_ID_BYTES}"
+            raise ValueError(msg)
         if self.count >= 0x7FFFFFFF:
             msg = "a customer table holds at most 2**31 - 1 customers"
             raise OverflowError(msg)
@@ -552,7 +621,6 @@ cdef class CustomerTable:
         record.id_offset = <uint32_t>self.arena_used
         record.id_length = <uint16_t>length
         self.arena_used += length
-        self.index[-1 - found] = _entry(hash, position)
         self.count += 1
         return position
 
@@ -1078,9 +1146,15 @@ cdef class CustomerTable:
 
     def snapshot(self):
         """Return the whole state as bytes (``TABLE_FORMAT``), the same bytes
-        as the twin's for the same state."""
+        as the twin's for the same state.
+
+        The twin leaves out a channel whose state is all defaults; here
+        every channel state held was touched (apply counts each touch, and
+        loads skip all-default channels), so its presence is the test.
+        """
         cdef Py_ssize_t size, position, names_bytes = 0, channels = 0
         cdef Record* record
+        cdef Record* ahead
         cdef ChannelState* state
         cdef int channel, slot
         cdef uint16_t spends
@@ -1103,8 +1177,7 @@ cdef class CustomerTable:
             record = &self.records[position]
             size += RECORD_BYTES + record.id_length
             for channel in range(N_CHANNELS):
-                if (record.channel[channel] >= 0 and not _is_default(
-                        &self.channels[record.channel[channel]])):
+                if record.channel[channel] >= 0:
                     channels += 1
             for slot in range(SOURCE_SLOTS):
                 if record.source_code[slot] != 0:
@@ -1115,6 +1188,7 @@ cdef class CustomerTable:
         size += channels * CHANNEL_BYTES
         data = PyBytes_FromStringAndSize(NULL, size)
         at = PyBytes_AS_STRING(data)
+        _populate(at, size)
         memcpy(at, b"TSKT", 4)
         at = _put_u16(at + 4, TABLE_FORMAT)
         at = _put_u16(at, 0)
@@ -1145,9 +1219,16 @@ cdef class CustomerTable:
             at = _put_u16(at, record.id_length)
             mask = 0
             for channel in range(N_CHANNELS):
-                if (record.channel[channel] >= 0 and not _is_default(
-                        &self.channels[record.channel[channel]])):
+                if record.channel[channel] >= 0:
                     mask |= 1 << channel
+            if position + PREFETCH_AHEAD < self.count:
+                # Channel states lie in order of first touch, not of
+                # records: ask for a later record's while this one is
+                # written.
+                ahead = &self.records[position + PREFETCH_AHEAD]
+                for channel in range(N_CHANNELS):
+                    if ahead.channel[channel] >= 0:
+                        _prefetch(&self.channels[ahead.channel[channel]])
             at[0] = <char>mask
             at = _put_u16(at + 1, spends)
             at = _put_i64(at, record.first_purchase_ms)
@@ -1181,8 +1262,6 @@ cdef class CustomerTable:
                 if record.channel[channel] < 0:
                     continue
                 state = &self.channels[record.channel[channel]]
-                if _is_default(state):
-                    continue
                 at = _put_i64(at, state.last_touch_ms)
                 at = _put_i64(at, state.engagement_ms)
                 at = _put_i32(at, state.inbound_touches)
@@ -1282,8 +1361,6 @@ cdef class CustomerTable:
         self.channels = <ChannelState*>_reserved(
             self.channels, &self.channel_capacity, channels,
             sizeof(ChannelState))
-        if records > 0:
-            self._grow_index(records)
 
         for position in range(records):
             offset = at - start
@@ -1336,9 +1413,7 @@ cdef class CustomerTable:
 
             key = at
             at += id_length
-            index = self._insert(tenant, key, id_length)
-            if index != position:
-                _corrupt(offset, "a customer is there twice")
+            self._append(tenant, key, id_length)
             record = &self.records[position]
             loaded.source_spend[0] = loaded.source_spend[1] = 0.0
             loaded.tenant = tenant
@@ -1370,4 +1445,13 @@ cdef class CustomerTable:
             _corrupt(at - start, "bytes left after the last record")
         if self.arena_used != id_bytes or self.channel_count != channels:
             _corrupt(HEADER_BYTES + 20, "the counts disagree with the records")
+        # Indexed once all are in, to prefetch ahead (see _grow_index).
+        position = self._grow_index(records)
+        if position >= 0:
+            msg = (
+                f"customer-table snapshot is corrupt: customer "
+                f"{self._customer_id(position)!r} of tenant "
+                f"{self.tenants[self.records[position].tenant]!r} is there twice"
+            )
+            raise ValueError(msg)
         self._rebuild_timers()

@@ -604,3 +604,13 @@ def test_a_record_cut_short_inside_the_snapshot_is_refused(
 
     with pytest.raises(ValueError, match=r"corrupt at byte \d+: .*cut short"):
         table_module.CustomerTable().restore(cut)
+
+
+def test_a_snapshot_holding_a_customer_twice_is_refused(
+    table_module: ModuleType,
+) -> None:
+    data = _snapshot(table_module)
+    assert data.count(b"c2") == 1
+
+    with pytest.raises(ValueError, match=r"corrupt.*there twice"):
+        table_module.CustomerTable().restore(data.replace(b"c2", b"c1"))

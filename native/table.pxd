@@ -89,6 +89,11 @@ cdef class CustomerTable:
     cdef uint32_t* tenant_rank
     cdef dict spend_overflow
     cdef object last_tenant
+    # The type of the last touch applied and the offsets of its fields
+    # (see _learn_touch_type).
+    cdef object touch_type
+    cdef bint touch_slots
+    cdef Py_ssize_t touch_offsets[12]
     cdef uint32_t last_tenant_code
     cdef readonly double short_window_ms
     cdef readonly double long_window_ms
@@ -119,6 +124,7 @@ cdef class CustomerTable:
     cdef void _pop_timer(self) noexcept
     cdef void _sift_down(self, Py_ssize_t position) noexcept
     cdef int _rebuild_timers(self) except -1
+    cdef int _learn_touch_type(self, object kind) except -1
     cpdef Py_ssize_t apply(self, list touches, int64_t watermark_ms=*,
                            bint ordered=*, object signals=*) except -1
     cdef int _silence(self, Py_ssize_t position, object touch, int64_t ts_ms,

@@ -8,7 +8,7 @@ touches and compares their rows.
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import hypothesis.strategies as st
@@ -614,3 +614,20 @@ def test_a_snapshot_holding_a_customer_twice_is_refused(
 
     with pytest.raises(ValueError, match=r"corrupt.*there twice"):
         table_module.CustomerTable().restore(data.replace(b"c2", b"c1"))
+
+
+def test_touches_of_any_type_with_the_fields_apply_like_touch_structs(
+    table_module: ModuleType,
+) -> None:
+    touches = _two_tenants(generated_touches(2_000, 100))
+    # The native kernel reads a Struct's slots directly and anything else by
+    # attribute; a batch may mix both.
+    mixed = [
+        SimpleNamespace(**msgspec.structs.asdict(touch)) if index % 3 else touch
+        for index, touch in enumerate(touches)
+    ]
+    structs = table_module.CustomerTable(silence_window_ms=SILENCE_MS)
+    others = table_module.CustomerTable(silence_window_ms=SILENCE_MS)
+
+    assert _run(others, mixed) == _run(structs, touches)
+    assert others.rows() == structs.rows()

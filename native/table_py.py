@@ -1,15 +1,34 @@
-"""Pure-Python twin of ``native/table.pyx``: the same state, the same rows.
+"""Pure-Python twin of ``native/table.pyx``: the same state, the same rows,
+the same snapshot bytes.
 
 Used where the extension is not built, and by the tests, which run every
 kernel test against both implementations.
+
+A snapshot (``TABLE_FORMAT`` 1) is little-endian and packed:
+
+- header, 16 bytes: magic ``TSKT``, format (u16), 0 (u16), total length (u64);
+- counts, 36 bytes: tenants, segments, sources (u32 each), then records,
+  bytes of customer ids and channel states (u64 each), so that a reader
+  allocates its arrays once;
+- the names of tenants, segments and sources, in code order, each a u32
+  length and UTF-8 bytes;
+- each record, in the table's order: the fixed part (:data:`RECORD`, 156
+  bytes; segment 0 means none, else code + 1), the customer id bytes, the
+  channels used (:data:`CHANNEL`, in channel order, one bit each in the
+  mask) and the spend by source (:data:`SPEND`, in order of first spend).
+
+Names are interned in order of first use, records kept in order of
+creation, by both implementations, so the same history gives the same bytes.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import struct
+import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 KIND_ORDER = 6
 KIND_REFUND = 7
@@ -33,6 +52,15 @@ KIND_CODES = {
 }
 CHANNEL_COUNT = N_CHANNELS
 ROW_FORMAT = 3
+TABLE_FORMAT = 1
+SNAPSHOT_MAGIC = b"TSKT"
+HEADER = struct.Struct("<4sHHQ")
+COUNTS = struct.Struct("<IIIQQQ")
+NAME_LENGTH = struct.Struct("<I")
+RECORD = struct.Struct("<IIHBHqqqqiiidddqqiiiqqqbdidbb")
+CHANNEL = struct.Struct("<qqiidd")
+SPEND = struct.Struct("<Id")
+_INT32 = (-(2**31), 2**31 - 1)
 DEFAULT_SHORT_WINDOW_MS = 14 * 86_400_000.0
 DEFAULT_LONG_WINDOW_MS = 90 * 86_400_000.0
 # The fields of a row, in order; the pure record keeps them as attributes.
@@ -319,9 +347,24 @@ class CustomerTable:
         # A min-heap of (deadline, tenant, customer_id); an entry whose
         # deadline is no longer the record's is stale and skipped when popped.
         self.timers: list[tuple[int, str, str]] = []
+        self._forget_names()
+
+    def _forget_names(self) -> None:
+        # Codes of names in order of first use, as the native table keeps
+        # them: part of the snapshot bytes.
+        self.tenants: dict[str, int] = {}
+        self.segments: dict[str, int] = {}
+        self.sources: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def memory_bytes(self) -> int:
+        """A rough size of the records (the native table counts exactly)."""
+        return sum(
+            sys.getsizeof(record) + sum(map(sys.getsizeof, record.row()))
+            for record in self.records.values()
+        )
 
     def apply(
         self,
@@ -355,11 +398,13 @@ class CustomerTable:
             if record is None:
                 record = CustomerRecord(touch.tenant, touch.customer_id)
                 records[key] = record
+                self.tenants.setdefault(touch.tenant, len(self.tenants))
             kind = touch.kind
             previous_inbound_ms = record.last_inbound_ms
 
             if touch.segment is not None:
                 record.segment = touch.segment
+                self.segments.setdefault(touch.segment, len(self.segments))
             if ts_ms > record.last_event_ms:
                 record.last_event_ms = ts_ms
             record.touch(
@@ -372,6 +417,7 @@ class CustomerTable:
                 record.purchase(ts_ms, touch.day, touch.amount)
                 spend = record.spend_by_source
                 spend[touch.source] = spend.get(touch.source, 0.0) + touch.amount
+                self.sources.setdefault(touch.source, len(self.sources))
             elif kind == KIND_REFUND:
                 record.refund_total += touch.amount
             elif kind == KIND_TICKET_OPENED:
@@ -508,8 +554,278 @@ class CustomerTable:
     def load_rows(self, rows: Iterable[Sequence[Any]]) -> None:
         """Replace the table's content with rows made by :meth:`rows`."""
         self.records = {}
+        self._forget_names()
         for row in rows:
             record = CustomerRecord(row[0], row[1])
             record.load_row(tuple(row))
             self.records[(row[0], row[1])] = record
+            self.tenants.setdefault(row[0], len(self.tenants))
+            if record.segment is not None:
+                self.segments.setdefault(record.segment, len(self.segments))
+            for source in record.spend_by_source:
+                self.sources.setdefault(source, len(self.sources))
         self._rebuild_timers()
+
+    def snapshot(self) -> bytes:
+        """Return the whole state as bytes (``TABLE_FORMAT``), the same bytes
+        as the native table's for the same state."""
+        parts = [b"", b""]
+        names = (self.tenants, self.segments, self.sources)
+        for table in names:
+            for name in table:
+                encoded = name.encode()
+                parts += [NAME_LENGTH.pack(len(encoded)), encoded]
+        id_bytes = channels = 0
+        for record in self.records.values():
+            fixed, customer_id, *rest = _record_bytes(record, self)
+            parts += [fixed, customer_id, *rest]
+            id_bytes += len(customer_id)
+            channels += bin(fixed[10]).count("1")
+        parts[1] = COUNTS.pack(*map(len, names), len(self.records), id_bytes, channels)
+        size = sum(map(len, parts)) + HEADER.size
+        parts[0] = HEADER.pack(SNAPSHOT_MAGIC, TABLE_FORMAT, 0, size)
+        return b"".join(parts)
+
+    def restore(self, data: bytes | bytearray | memoryview) -> None:
+        """Replace the table's content with a :meth:`snapshot` (of this
+        implementation or the native one). A refused snapshot leaves it
+        empty."""
+        blob = bytes(data)
+        self.load_rows([])
+        try:
+            check_header(blob)
+            self._restore(blob)
+        except BaseException:
+            self.load_rows([])
+            raise
+
+    def _restore(self, blob: bytes) -> None:
+        at = HEADER.size
+        if len(blob) - at < COUNTS.size:
+            _corrupt(at, "the counts are cut short")
+        *counts, count, id_bytes, channels = COUNTS.unpack_from(blob, at)
+        at += COUNTS.size
+        names: list[list[str]] = []
+        for kind in (self.tenants, self.segments, self.sources):
+            names.append([])
+            for code in range(counts[len(names) - 1]):
+                if len(blob) - at < NAME_LENGTH.size:
+                    _corrupt(at, "a name is cut short")
+                (length,) = NAME_LENGTH.unpack_from(blob, at)
+                at += NAME_LENGTH.size
+                if len(blob) - at < length:
+                    _corrupt(at, "a name is cut short")
+                try:
+                    name = blob[at : at + length].decode()
+                except UnicodeDecodeError:
+                    _corrupt(at, "a name is not UTF-8")
+                if name in kind:
+                    _corrupt(at, f"the name {name!r} is there twice")
+                kind[name] = code
+                names[-1].append(name)
+                at += length
+        if len(names[2]) > MAX_SOURCES:
+            _corrupt(HEADER.size, f"{len(names[2])} sources, more than the limit")
+        if count > (len(blob) - at) // RECORD.size:
+            _corrupt(HEADER.size + 12, f"{count} records cannot fit")
+        if id_bytes > len(blob) - at:
+            _corrupt(HEADER.size + 20, f"{id_bytes} bytes of ids cannot fit")
+        if channels > (len(blob) - at) // CHANNEL.size:
+            _corrupt(HEADER.size + 28, f"{channels} channel states cannot fit")
+        totals = [0, 0]
+        for _ in range(count):
+            at = self._restore_record(blob, at, names, totals)
+        if at != len(blob):
+            _corrupt(at, "bytes left after the last record")
+        if totals != [id_bytes, channels]:
+            _corrupt(HEADER.size + 20, "the counts disagree with the records")
+        self._rebuild_timers()
+
+    def _restore_record(
+        self, blob: bytes, at: int, names: list[list[str]], totals: list[int]
+    ) -> int:
+        # One record from `at`; return where the next starts. `totals`
+        # counts the bytes of ids and the channel states read.
+        tenants, segments, sources = names
+        offset = at
+        if len(blob) - at < RECORD.size:
+            _corrupt(offset, "a record is cut short")
+        fixed = RECORD.unpack_from(blob, at)
+        at += RECORD.size
+        tenant, segment, id_length, mask, spends = fixed[:5]
+        if tenant >= len(tenants):
+            _corrupt(offset, f"tenant code {tenant} out of range")
+        if segment > len(segments):
+            _corrupt(offset, f"segment code {segment} out of range")
+        for day in fixed[7:9]:
+            if not _INT32[0] <= day <= _INT32[1]:
+                _corrupt(offset, f"day number {day} out of range")
+        if not -1 <= fixed[23] < N_CHANNELS:
+            _corrupt(offset, f"channel code {fixed[23]} out of range")
+        used = [channel for channel in range(N_CHANNELS) if mask & (1 << channel)]
+        need = id_length + len(used) * CHANNEL.size + spends * SPEND.size
+        if len(blob) - at < need:
+            _corrupt(offset, "a record is cut short")
+        totals[0] += id_length
+        totals[1] += len(used)
+        try:
+            customer_id = blob[at : at + id_length].decode()
+        except UnicodeDecodeError:
+            _corrupt(offset, "a customer id is not UTF-8")
+        at += id_length
+        key = (tenants[tenant], customer_id)
+        if key in self.records:
+            _corrupt(offset, "a customer is there twice")
+        record = CustomerRecord(*key)
+        self.records[key] = record
+        record.segment = None if segment == 0 else segments[segment - 1]
+        (
+            record.first_purchase_ms,
+            record.last_purchase_ms,
+            record.first_purchase_day,
+            record.last_purchase_day,
+            record.repeat_purchases,
+            record.orders,
+            record.late_orders,
+            record.first_day_spend,
+            record.repeat_spend,
+            record.refund_total,
+            record.last_inbound_ms,
+            record.last_event_ms,
+            record.open_tickets,
+            record.complaints,
+            record.last_nps,
+            record.last_nps_ms,
+            record.silence_deadline_ms,
+            record.silent_since_ms,
+            record.last_inbound_channel,
+            record.window_clv,
+            record.decline_run,
+            record.decline_cusum,
+            record.at_risk,
+            record.health_band,
+        ) = fixed[5:]
+        for channel in used:
+            (
+                record.last_touch_ms[channel],
+                record.engagement_ms[channel],
+                record.inbound_touches[channel],
+                record.outbound_touches[channel],
+                record.engagement_short[channel],
+                record.engagement_long[channel],
+            ) = CHANNEL.unpack_from(blob, at)
+            at += CHANNEL.size
+        for _ in range(spends):
+            code, spend = SPEND.unpack_from(blob, at)
+            if code >= len(sources):
+                _corrupt(at, f"source code {code} out of range")
+            record.spend_by_source[sources[code]] = spend
+            at += SPEND.size
+        return at
+
+
+MAX_SOURCES = 0xFFFE
+
+
+def _record_bytes(record: CustomerRecord, table: CustomerTable) -> list[bytes]:
+    """One record's part of a snapshot (see the module docstring)."""
+    mask = 0
+    channels = []
+    for channel in range(N_CHANNELS):
+        state = (
+            record.last_touch_ms[channel],
+            record.engagement_ms[channel],
+            record.inbound_touches[channel],
+            record.outbound_touches[channel],
+            record.engagement_short[channel],
+            record.engagement_long[channel],
+        )
+        if state != _DEFAULT_CHANNEL:
+            mask |= 1 << channel
+            channels.append(CHANNEL.pack(*state))
+    customer_id = record.customer_id.encode()
+    segment = 0 if record.segment is None else table.segments[record.segment] + 1
+    fixed = RECORD.pack(
+        table.tenants[record.tenant],
+        segment,
+        len(customer_id),
+        mask,
+        len(record.spend_by_source),
+        record.first_purchase_ms,
+        record.last_purchase_ms,
+        record.first_purchase_day,
+        record.last_purchase_day,
+        record.repeat_purchases,
+        record.orders,
+        record.late_orders,
+        record.first_day_spend,
+        record.repeat_spend,
+        record.refund_total,
+        record.last_inbound_ms,
+        record.last_event_ms,
+        record.open_tickets,
+        record.complaints,
+        record.last_nps,
+        record.last_nps_ms,
+        record.silence_deadline_ms,
+        record.silent_since_ms,
+        record.last_inbound_channel,
+        record.window_clv,
+        record.decline_run,
+        record.decline_cusum,
+        record.at_risk,
+        record.health_band,
+    )
+    spends = [
+        SPEND.pack(table.sources[source], spend)
+        for source, spend in record.spend_by_source.items()
+    ]
+    return [fixed, customer_id, *channels, *spends]
+
+
+_DEFAULT_CHANNEL = (NO_TIME, NO_TIME, 0, 0, 0.0, 0.0)
+
+
+def _corrupt(offset: int, what: str) -> NoReturn:
+    msg = f"customer-table snapshot is corrupt at byte {offset}: {what}"
+    raise ValueError(msg)
+
+
+def check_header(data: bytes) -> int:
+    """Check a snapshot's magic, format and length; return its format.
+
+    Raise ValueError saying what is wrong: not a snapshot, a format this
+    Touchstream does not read (both numbers named), truncated or too long.
+    """
+    if data[:4] != SNAPSHOT_MAGIC:
+        msg = (
+            f"not a customer-table snapshot: expected it to start with "
+            f"{SNAPSHOT_MAGIC!r}, got {data[:4]!r}"
+        )
+        raise ValueError(msg)
+    if len(data) < HEADER.size:
+        msg = (
+            f"customer-table snapshot is truncated: {len(data)} bytes, "
+            f"shorter than its {HEADER.size}-byte header"
+        )
+        raise ValueError(msg)
+    _, format_number, _, length = HEADER.unpack_from(data)
+    if format_number != TABLE_FORMAT:
+        msg = (
+            f"customer-table snapshot format {format_number} is not readable "
+            f"by this Touchstream (it reads format {TABLE_FORMAT})"
+        )
+        raise ValueError(msg)
+    if len(data) < length:
+        msg = (
+            f"customer-table snapshot is truncated: its header says {length} "
+            f"bytes, got {len(data)}"
+        )
+        raise ValueError(msg)
+    if len(data) > length:
+        msg = (
+            f"customer-table snapshot has {len(data) - length} bytes after "
+            f"its end at byte {length}"
+        )
+        raise ValueError(msg)
+    return int(format_number)

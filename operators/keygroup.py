@@ -48,7 +48,9 @@ from state.record import ROW_FIELDS, Row, customer_json, purchase_summary
 
 _table = load("table")
 
-SNAPSHOT_FORMAT = 3
+# 4: the customer table as its own binary snapshot; 3 held its rows.
+SNAPSHOT_FORMAT = 4
+_ROWS_FORMAT = 3
 NO_TIME = -1
 HOUR_MS = 3_600_000
 _FIELD = {name: index for index, name in enumerate(ROW_FIELDS)}
@@ -525,11 +527,12 @@ class KeyGroupActor:
         return fresh
 
     def snapshot(self) -> bytes:
-        """Return the whole state as versioned MessagePack bytes."""
+        """Return the whole state as versioned MessagePack bytes; the table
+        is its own versioned binary snapshot inside."""
         return msgspec.msgpack.encode(
             {
                 "format": SNAPSHOT_FORMAT,
-                "rows": self.table.rows(),
+                "table": self.table.snapshot(),
                 "dedupe": self.deduper.snapshot(),
                 "partition_high_ms": sorted(self.partition_high_ms.items()),
                 "watermark_ms": self.watermark_ms,
@@ -540,13 +543,19 @@ class KeyGroupActor:
 
     def _restore(self, data: bytes) -> None:
         state = msgspec.msgpack.decode(data)
-        if state.get("format") != SNAPSHOT_FORMAT:
+        format_number = state.get("format")
+        if format_number == SNAPSHOT_FORMAT:
+            self.table.restore(state["table"])
+        elif format_number == _ROWS_FORMAT:
+            # A checkpoint of the Touchstream before binary tables.
+            self.table.load_rows(state["rows"])
+        else:
             msg = (
-                f"key-group snapshot format {state.get('format')!r} is not "
-                f"readable by this Touchstream (expected {SNAPSHOT_FORMAT})"
+                f"key-group snapshot format {format_number!r} is not "
+                f"readable by this Touchstream (expected {SNAPSHOT_FORMAT}, "
+                f"or {_ROWS_FORMAT} from before)"
             )
             raise ValueError(msg)
-        self.table.load_rows(state["rows"])
         self.deduper.restore(state["dedupe"])
         self.partition_high_ms = dict(state["partition_high_ms"])
         self.watermark_ms = state["watermark_ms"]

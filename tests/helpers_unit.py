@@ -46,3 +46,31 @@ def make_touch(
         segment=segment,
         score=score,
     )
+
+
+def generated_touches(count: int, customers: int, seed: int = 1) -> list[Touch]:
+    """Touches of the load generator's stream, in event-time order."""
+    from load_tests.generate import generate_events
+    from operators.events import CHANNEL_CODES, KIND_CODES
+
+    touches = [
+        make_touch(
+            position=position,
+            ts_ms=event["ts"],
+            kind=KIND_CODES[event["kind"]],
+            channel=CHANNEL_CODES[event["channel"]],
+            inbound=event["direction"] == "inbound",
+            amount=event.get("amount", 0.0),
+            tenant=event["tenant"],
+            customer_id=event["customer_id"],
+            source=event["source"],
+            event_id=event["event_id"],
+            segment=event.get("segment"),
+            score=event.get("score", -1),
+        )
+        for position, event in enumerate(
+            generate_events(count, customers, seed=seed, mean_gap_ms=60_000)
+        )
+    ]
+    touches.sort(key=lambda touch: (touch.ts_ms, touch.position))
+    return touches

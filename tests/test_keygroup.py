@@ -331,17 +331,44 @@ def test_a_snapshot_of_another_format_is_refused_naming_both_numbers() -> None:
     actor = KeyGroupSettings(partitions=1).build()
     actor.on_batch([batch(0, [order(1, at(0), 10.0, "o1")], at(0))])
     state = msgspec.msgpack.decode(actor.snapshot())
-    assert state["format"] == SNAPSHOT_FORMAT == 3
+    assert state["format"] == SNAPSHOT_FORMAT == 4
     state["format"] = 2
 
-    with pytest.raises(ValueError, match=r"format 2 .*expected 3"):
+    with pytest.raises(ValueError, match=r"format 2 .*expected 4"):
+        KeyGroupSettings(partitions=1).build(msgspec.msgpack.encode(state))
+
+
+def test_a_snapshot_of_format_3_with_rows_still_restores() -> None:
+    calls = history()
+    settings = KeyGroupSettings(partitions=2, dedupe_span_ms=30 * DAY_MS)
+    original = settings.build()
+    run(original, calls[:2])
+    state = msgspec.msgpack.decode(original.snapshot())
+    # What the Touchstream before binary tables wrote.
+    state["format"] = 3
+    state["rows"] = original.table.rows()
+    del state["table"]
+
+    restored = settings.build(msgspec.msgpack.encode(state))
+
+    assert restored.table.rows() == original.table.rows()
+    assert run(restored, calls[2:]) == run(original, calls[2:])
+
+
+def test_a_snapshot_with_a_damaged_table_is_refused() -> None:
+    actor = KeyGroupSettings(partitions=1).build()
+    actor.on_batch([batch(0, [order(1, at(0), 10.0, "o1")], at(0))])
+    state = msgspec.msgpack.decode(actor.snapshot())
+    state["table"] = state["table"][:-3]
+
+    with pytest.raises(ValueError, match=r"customer-table snapshot is truncated"):
         KeyGroupSettings(partitions=1).build(msgspec.msgpack.encode(state))
 
 
 def test_a_snapshot_without_a_format_is_refused() -> None:
     data = msgspec.msgpack.encode({"rows": [], "dedupe": [], "partition_high_ms": []})
 
-    with pytest.raises(ValueError, match=r"format None .*expected 3"):
+    with pytest.raises(ValueError, match=r"format None .*expected 4"):
         KeyGroupSettings(partitions=1).build(data)
 
 

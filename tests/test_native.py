@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 import native
+from tests.helpers_unit import generated_touches
 
 
 @pytest.mark.skipif(
@@ -43,3 +46,28 @@ def test_touchstream_pure_forces_the_python_twin(
 
     assert native.load("table").__name__ == "native.table_py"
     assert native.implementation() == "pure"
+
+
+def test_the_native_table_keeps_no_python_object_per_customer() -> None:
+    compiled = pytest.importorskip("native.table")
+
+    table = compiled.CustomerTable(silence_window_ms=3_600_000)
+    first = generated_touches(2_000, 1_000)
+    rest = generated_touches(40_000, 20_000, seed=2)
+    table.apply(first)
+    gc.collect()
+    objects = len(gc.get_objects())
+    tracemalloc.start()
+    python_before = tracemalloc.get_traced_memory()[0]
+
+    table.apply(rest)
+    gc.collect()
+    python_bytes = tracemalloc.get_traced_memory()[0] - python_before
+    tracemalloc.stop()
+
+    grown = len(table) - 1_000
+    assert grown > 10_000
+    # Interned names and a side dict for customers with many sources only.
+    assert len(gc.get_objects()) - objects < grown / 20
+    assert python_bytes / grown < 40
+    assert table.memory_bytes() / len(table) < 600

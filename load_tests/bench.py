@@ -76,7 +76,7 @@ BATCH_SIZE = 2_048
 SILENCE_WINDOW_MS = 48 * 3_600_000
 DAY_MS = 86_400_000
 
-# The targets of issue 5: (figure key, comparison, threshold, text).
+# The performance targets: (figure key, comparison, threshold, text).
 TARGETS = (
     ("kernel_native", ">=", 2_000_000, "kernel alone, native: >= 2,000,000 ev/s"),
     ("replay_jsonl_1w", ">=", 500_000, "replay JSON lines, 1 worker: >= 500,000 ev/s"),
@@ -884,7 +884,7 @@ def _memory(impl: str, customers: int) -> dict[str, Any]:
 def summarise(
     config: dict[str, Any], results: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Add ratios, the machine and the targets of issue 5 to the figures."""
+    """Add ratios, the machine and the performance targets to the figures."""
     naive = results.get("naive_jsonl_1w", {}).get("events_per_s")
     for name, result in results.items():
         rate = result.get("events_per_s")
@@ -1032,7 +1032,7 @@ def format_report(report: dict[str, Any]) -> str:
             "",
             f"every replay wrote the same customers and interventions: {agree}",
         ]
-    lines += ["", "issue 5 targets:"]
+    lines += ["", "targets:"]
     if config["events"] < FULL["events"]:
         lines.append(
             "  (a small run: start-up dominates its rates; the targets are for "

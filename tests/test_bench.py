@@ -164,7 +164,7 @@ def test_memory_and_a_restored_snapshot_are_measured_for_each_state(
         assert results[name]["restored_identically"] is True
 
 
-def test_every_target_of_issue_5_has_a_figure_and_a_verdict(
+def test_every_target_has_a_figure_and_a_verdict(
     quick_report: dict[str, Any],
 ) -> None:
     targets = quick_report["targets"]

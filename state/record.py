@@ -36,15 +36,22 @@ def format_time(ts_ms: int) -> str | None:
     if ts_ms == NO_TIME:
         return None
     day, ms = divmod(ts_ms, DAY_MS)
-    seconds, ms = divmod(ms, 1000)
-    minutes, seconds = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{_date_text(day)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{ms:03d}Z"
+    second, ms = divmod(ms, 1000)
+    return f"{_date_text(day)}T{_clock_text(second)}.{ms:03d}Z"
 
 
+# Every intervention formats several times: the texts of days and of
+# seconds of the day are kept rather than built each time.
 @functools.lru_cache(maxsize=65_536)
 def _date_text(day: int) -> str:
     return (_EPOCH + timedelta(days=day)).date().isoformat()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _clock_text(second: int) -> str:
+    minutes, seconds = divmod(second, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
 def _days(ms: int) -> float:

@@ -87,6 +87,7 @@ cdef class CustomerTable:
     cdef dict segment_codes
     cdef dict source_codes
     cdef uint32_t* tenant_rank
+    cdef int calling_out
     cdef dict spend_overflow
     cdef object last_tenant
     # The type of the last touch applied and the offsets of its fields
@@ -112,6 +113,7 @@ cdef class CustomerTable:
     cdef Py_ssize_t _grow_index(self, Py_ssize_t wanted) except -2
     cdef uint64_t _record_hash(self, Py_ssize_t position) noexcept
     cdef uint32_t _tenant_code(self, object tenant) except 0xFFFFFFFF
+    cdef int _rank_tenants(self) except -1
     cdef uint32_t _segment_code(self, object segment) except 0xFFFFFFFF
     cdef uint32_t _source_code(self, object source) except 0xFFFFFFFF
     cdef ChannelState* _channel(self, Py_ssize_t position, int channel) except NULL

@@ -691,19 +691,26 @@ cdef class CustomerTable:
             msg = f"tenant must be a str, got {type(tenant).__name__}"
             raise TypeError(msg)
         code = len(self.tenants)
+        self.tenants.append(tenant)
+        self.tenant_codes[tenant] = code
+        return code
+
+    cdef int _rank_tenants(self) except -1:
+        # Rows order by tenant name, and codes are in order of arrival: rank
+        # the codes by name once per call of rows(), never per new tenant,
+        # which made adding tenants quadratic.
+        cdef uint32_t* ranks
+        cdef Py_ssize_t count = len(self.tenants)
+
         ranks = <uint32_t*>realloc(self.tenant_rank,
-                                   (code + 1) * sizeof(uint32_t))
+                                   (count + 1) * sizeof(uint32_t))
         if ranks == NULL:
             raise MemoryError()
         self.tenant_rank = ranks
-        self.tenants.append(tenant)
-        self.tenant_codes[tenant] = code
-        # Timers and rows order by tenant name; codes are in order of
-        # arrival, so keep each code's rank among the names.
         for rank, known in enumerate(
-                sorted(range(code + 1), key=self.tenants.__getitem__)):
+                sorted(range(count), key=self.tenants.__getitem__)):
             ranks[<uint32_t>known] = rank
-        return code
+        return 0
 
     cdef uint32_t _segment_code(self, object segment) except 0xFFFFFFFF:
         cdef object known = self.segment_codes.get(segment)
@@ -796,11 +803,17 @@ cdef class CustomerTable:
     # same order as in the twin.
 
     cdef bint _earlier(self, Timer* left, Timer* right) noexcept:
+        cdef Record* first
+        cdef Record* second
+
         if left.deadline_ms != right.deadline_ms:
             return left.deadline_ms < right.deadline_ms
-        return _compare_keys(&self.records[left.record],
-                             &self.records[right.record], self.arena,
-                             self.tenant_rank) < 0
+        first = &self.records[left.record]
+        second = &self.records[right.record]
+        if first.tenant != second.tenant:
+            # Equal deadlines of two tenants are rare: compare the names.
+            return self.tenants[first.tenant] < self.tenants[second.tenant]
+        return _compare_keys(first, second, self.arena, NULL) < 0
 
     cdef int _push_timer(self, int64_t deadline_ms,
                          Py_ssize_t position) except -1:
@@ -977,19 +990,28 @@ cdef class CustomerTable:
         if record.silent_since_ms != NO_TIME:
             if late or ts_ms < record.silent_since_ms:
                 return 0
-            signals.append((ts_ms, SILENCE_ENDED, self.tenants[record.tenant],
-                            _field(self, touch, F_CUSTOMER_ID), channel,
-                            _field(self, touch, F_EVENT_ID),
-                            ts_ms, ts_ms - previous_inbound_ms))
+            self.calling_out += 1
+            try:
+                signals.append((ts_ms, SILENCE_ENDED,
+                                self.tenants[record.tenant],
+                                _field(self, touch, F_CUSTOMER_ID), channel,
+                                _field(self, touch, F_EVENT_ID),
+                                ts_ms, ts_ms - previous_inbound_ms))
+            finally:
+                self.calling_out -= 1
             record = &self.records[position]
             record.silent_since_ms = NO_TIME
         window_ms = self.silence_window_ms
         if self.silence_window is not None:
-            window_ms = self.silence_window(
-                self.tenants[record.tenant],
-                None if record.segment == 0
-                else self.segments[record.segment - 1],
-                record.last_inbound_channel)
+            self.calling_out += 1
+            try:
+                window_ms = self.silence_window(
+                    self.tenants[record.tenant],
+                    None if record.segment == 0
+                    else self.segments[record.segment - 1],
+                    record.last_inbound_channel)
+            finally:
+                self.calling_out -= 1
             record = &self.records[position]
         deadline = ts_ms + window_ms
         if deadline > record.silence_deadline_ms and deadline > watermark_ms:
@@ -1019,10 +1041,14 @@ cdef class CustomerTable:
             record.silence_deadline_ms = NO_TIME
             record.silent_since_ms = deadline
             fired += 1
-            signals.append((deadline, SILENCE, self.tenants[record.tenant],
-                            self._customer_id(position),
-                            record.last_inbound_channel, None, NO_TIME,
-                            deadline - record.last_inbound_ms))
+            self.calling_out += 1
+            try:
+                signals.append((deadline, SILENCE, self.tenants[record.tenant],
+                                self._customer_id(position),
+                                record.last_inbound_channel, None, NO_TIME,
+                                deadline - record.last_inbound_ms))
+            finally:
+                self.calling_out -= 1
         return fired
 
     def next_deadline(self):
@@ -1139,6 +1165,7 @@ cdef class CustomerTable:
         try:
             for i in range(self.count):
                 order[i] = i
+            self._rank_tenants()
             _sort_records = self.records
             _sort_arena = self.arena
             _sort_rank = self.tenant_rank
@@ -1213,10 +1240,22 @@ cdef class CustomerTable:
 
     def load_rows(self, rows):
         """Replace the table's content with rows made by :meth:`rows`."""
+        self._refuse_while_calling_out("load_rows")
         self._reset()
         for row in rows:
             self._load_row(row)
         self._rebuild_timers()
+
+    def _refuse_while_calling_out(self, method):
+        # A signal sink or silence_window callback runs while apply() or
+        # fire() holds positions into the records: replacing them then
+        # would pull the storage from under the running call.
+        if self.calling_out:
+            msg = (
+                f"CustomerTable.{method}() was called from a signal sink or "
+                "silence_window callback, inside apply() or fire()"
+            )
+            raise RuntimeError(msg)
 
     # Snapshots.
 
@@ -1359,6 +1398,7 @@ cdef class CustomerTable:
         implementation or the twin). A refused snapshot leaves it empty."""
         cdef bytes blob = bytes(data)
 
+        self._refuse_while_calling_out("restore")
         self._reset()
         try:
             check_header(blob)
@@ -1421,13 +1461,6 @@ cdef class CustomerTable:
             _corrupt(HEADER_BYTES + 20, f"{id_bytes} bytes of ids cannot fit")
         if channels < 0 or channels > (end - at) // CHANNEL_BYTES:
             _corrupt(HEADER_BYTES + 28, f"{channels} channel states cannot fit")
-        self.tenant_rank = <uint32_t*>realloc(
-            NULL, (counts[0] + 1) * sizeof(uint32_t))
-        if self.tenant_rank == NULL:
-            raise MemoryError()
-        for index, code in enumerate(
-                sorted(range(counts[0]), key=self.tenants.__getitem__)):
-            self.tenant_rank[code] = index
         # Each array once at its final size: no copies while growing, and
         # no slack.
         self.records = <Record*>_reserved(self.records, &self.capacity,

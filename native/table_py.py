@@ -347,6 +347,8 @@ class CustomerTable:
         # A min-heap of (deadline, tenant, customer_id); an entry whose
         # deadline is no longer the record's is stale and skipped when popped.
         self.timers: list[tuple[int, str, str]] = []
+        # How deep apply() or fire() is in a signal sink or callback.
+        self._calling_out = 0
         self._forget_names()
 
     def _forget_names(self) -> None:
@@ -451,24 +453,32 @@ class CustomerTable:
         if record.silent_since_ms != NO_TIME:
             if late or ts_ms < record.silent_since_ms:
                 return
-            signals.append(
-                (
-                    ts_ms,
-                    SIGNAL_SILENCE_ENDED,
-                    record.tenant,
-                    record.customer_id,
-                    touch.channel,
-                    touch.event_id,
-                    ts_ms,
-                    ts_ms - previous_inbound_ms,
+            self._calling_out += 1
+            try:
+                signals.append(
+                    (
+                        ts_ms,
+                        SIGNAL_SILENCE_ENDED,
+                        record.tenant,
+                        record.customer_id,
+                        touch.channel,
+                        touch.event_id,
+                        ts_ms,
+                        ts_ms - previous_inbound_ms,
+                    )
                 )
-            )
+            finally:
+                self._calling_out -= 1
             record.silent_since_ms = NO_TIME
         window_ms = self.silence_window_ms
         if self.silence_window is not None:
-            window_ms = self.silence_window(
-                record.tenant, record.segment, record.last_inbound_channel
-            )
+            self._calling_out += 1
+            try:
+                window_ms = self.silence_window(
+                    record.tenant, record.segment, record.last_inbound_channel
+                )
+            finally:
+                self._calling_out -= 1
         deadline = ts_ms + window_ms
         if deadline > record.silence_deadline_ms and deadline > watermark_ms:
             record.silence_deadline_ms = deadline
@@ -491,18 +501,22 @@ class CustomerTable:
             record.silence_deadline_ms = NO_TIME
             record.silent_since_ms = deadline
             fired += 1
-            signals.append(
-                (
-                    deadline,
-                    SIGNAL_SILENCE,
-                    tenant,
-                    customer_id,
-                    record.last_inbound_channel,
-                    None,
-                    NO_TIME,
-                    deadline - record.last_inbound_ms,
+            self._calling_out += 1
+            try:
+                signals.append(
+                    (
+                        deadline,
+                        SIGNAL_SILENCE,
+                        tenant,
+                        customer_id,
+                        record.last_inbound_channel,
+                        None,
+                        NO_TIME,
+                        deadline - record.last_inbound_ms,
+                    )
                 )
-            )
+            finally:
+                self._calling_out -= 1
         return fired
 
     def next_deadline(self) -> int:
@@ -553,6 +567,7 @@ class CustomerTable:
 
     def load_rows(self, rows: Iterable[Sequence[Any]]) -> None:
         """Replace the table's content with rows made by :meth:`rows`."""
+        self._refuse_while_calling_out("load_rows")
         self.records = {}
         self._forget_names()
         for row in rows:
@@ -565,6 +580,16 @@ class CustomerTable:
             for source in record.spend_by_source:
                 self.sources.setdefault(source, len(self.sources))
         self._rebuild_timers()
+
+    def _refuse_while_calling_out(self, method: str) -> None:
+        # As in the native table, whose running call holds positions into
+        # the records it would free.
+        if self._calling_out:
+            msg = (
+                f"CustomerTable.{method}() was called from a signal sink or "
+                "silence_window callback, inside apply() or fire()"
+            )
+            raise RuntimeError(msg)
 
     def snapshot(self) -> bytes:
         """Return the whole state as bytes (``TABLE_FORMAT``), the same bytes
@@ -591,6 +616,7 @@ class CustomerTable:
         implementation or the native one). A refused snapshot leaves it
         empty."""
         blob = bytes(data)
+        self._refuse_while_calling_out("restore")
         self.load_rows([])
         try:
             check_header(blob)

@@ -631,3 +631,74 @@ def test_touches_of_any_type_with_the_fields_apply_like_touch_structs(
 
     assert _run(others, mixed) == _run(structs, touches)
     assert others.rows() == structs.rows()
+
+
+class _ResettingSink:
+    """A signal sink that tries to replace the table's content."""
+
+    def __init__(self, table: Any, how: str) -> None:
+        self.table, self.how, self.errors = table, how, []
+
+    def append(self, signal: tuple[Any, ...], /) -> None:
+        try:
+            if self.how == "restore":
+                self.table.restore(self.table.snapshot())
+            else:
+                self.table.load_rows([])
+        except RuntimeError as ex:
+            self.errors.append(str(ex))
+
+
+@pytest.mark.parametrize("how", ["restore", "load_rows"])
+def test_a_signal_sink_cannot_replace_the_table_under_a_running_apply(
+    table_module: ModuleType, how: str
+) -> None:
+    table = table_module.CustomerTable(silence_window_ms=HOUR_MS)
+    sink = _ResettingSink(table, how)
+    touches = [
+        make_touch(ts_ms=at(0, hour), customer_id=f"c{hour}", event_id=f"e{hour}")
+        for hour in range(0, 10, 2)
+    ]
+
+    table.apply(touches, ordered=True, signals=sink)
+    table.fire(at(1), True, sink)
+
+    # Four deadlines fire inside apply() and one in fire(); each refused.
+    assert len(sink.errors) == 5
+    assert f"CustomerTable.{how}()" in sink.errors[0]
+    assert len(table) == 5
+    table.load_rows(table.rows())
+
+
+def test_a_silence_window_callback_cannot_replace_the_table(
+    table_module: ModuleType,
+) -> None:
+    refused: list[str] = []
+
+    def window(tenant: str, segment: str | None, channel: int) -> int:
+        try:
+            table.load_rows([])
+        except RuntimeError as ex:
+            refused.append(str(ex))
+        return HOUR_MS
+
+    table = table_module.CustomerTable(silence_window_ms=HOUR_MS, silence_window=window)
+    table.apply([make_touch(ts_ms=at(0)), make_touch(ts_ms=at(0, 1), event_id="e2")])
+
+    assert len(refused) == 2
+    assert len(table) == 1
+
+
+def test_adding_tenants_one_by_one_keeps_rows_and_ties_in_name_order(
+    table_module: ModuleType,
+) -> None:
+    names = [f"t{(index * 7919) % 3000:04d}" for index in range(3000)]
+    table = table_module.CustomerTable(silence_window_ms=HOUR_MS)
+    signals: list[tuple[Any, ...]] = []
+
+    table.apply([make_touch(ts_ms=at(0), tenant=name) for name in names])
+    table.fire(at(1), True, signals)
+
+    assert [row[0] for row in table.rows()] == sorted(names)
+    # Equal deadlines fire in (tenant, customer) order, as tuples sort.
+    assert [signal[2] for signal in signals] == sorted(names)

@@ -4,6 +4,7 @@ from typing import Any, Protocol
 KIND_CODES: dict[str, int]
 CHANNEL_COUNT: int
 ROW_FORMAT: int
+OTHER_SOURCES: str
 TABLE_FORMAT: int
 SNAPSHOT_MAGIC: bytes
 SIGNAL_SILENCE: int

@@ -140,6 +140,8 @@ KIND_CODES = {
 CHANNEL_COUNT = N_CHANNELS
 SIGNAL_SILENCE = SILENCE
 SIGNAL_SILENCE_ENDED = SILENCE_ENDED
+# Where spend from sources past MAX_SOURCES of one table is counted.
+OTHER_SOURCES = "(other sources)"
 ROW_FORMAT = 3
 TABLE_FORMAT = 1
 SNAPSHOT_MAGIC = b"TSKT"
@@ -732,9 +734,13 @@ cdef class CustomerTable:
         if not isinstance(source, str):
             msg = f"source must be a str, got {type(source).__name__}"
             raise TypeError(msg)
-        if len(self.sources) >= MAX_SOURCES:
-            msg = f"a customer table holds at most {MAX_SOURCES} sources"
-            raise OverflowError(msg)
+        if len(self.sources) >= MAX_SOURCES - 1:
+            # The last code is shared by every source past the limit, so an
+            # upstream that invents names cannot stop the table.
+            source = OTHER_SOURCES
+            known = self.source_codes.get(source)
+            if known is not None:
+                return known
         self.source_codes[source] = len(self.sources)
         self.sources.append(source)
         return len(self.sources) - 1

@@ -51,6 +51,8 @@ KIND_CODES = {
     "nps": KIND_NPS,
 }
 CHANNEL_COUNT = N_CHANNELS
+# Where spend from sources past MAX_SOURCES of one table is counted.
+OTHER_SOURCES = "(other sources)"
 ROW_FORMAT = 3
 TABLE_FORMAT = 1
 SNAPSHOT_MAGIC = b"TSKT"
@@ -417,9 +419,9 @@ class CustomerTable:
 
             if kind == KIND_ORDER:
                 record.purchase(ts_ms, touch.day, touch.amount)
+                source = self._source_name(touch.source)
                 spend = record.spend_by_source
-                spend[touch.source] = spend.get(touch.source, 0.0) + touch.amount
-                self.sources.setdefault(touch.source, len(self.sources))
+                spend[source] = spend.get(source, 0.0) + touch.amount
             elif kind == KIND_REFUND:
                 record.refund_total += touch.amount
             elif kind == KIND_TICKET_OPENED:
@@ -577,9 +579,22 @@ class CustomerTable:
             self.tenants.setdefault(row[0], len(self.tenants))
             if record.segment is not None:
                 self.segments.setdefault(record.segment, len(self.segments))
-            for source in record.spend_by_source:
-                self.sources.setdefault(source, len(self.sources))
+            spend, record.spend_by_source = record.spend_by_source, {}
+            for source, amount in spend.items():
+                name = self._source_name(source)
+                record.spend_by_source[name] = (
+                    record.spend_by_source.get(name, 0.0) + amount
+                )
         self._rebuild_timers()
+
+    def _source_name(self, source: str) -> str:
+        # Interned in order of first use; past MAX_SOURCES - 1 names, every
+        # new source shares the last code, as in the native table.
+        if source not in self.sources:
+            if len(self.sources) >= MAX_SOURCES - 1:
+                source = OTHER_SOURCES
+            self.sources.setdefault(source, len(self.sources))
+        return source
 
     def _refuse_while_calling_out(self, method: str) -> None:
         # As in the native table, whose running call holds positions into

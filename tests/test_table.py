@@ -702,3 +702,24 @@ def test_adding_tenants_one_by_one_keeps_rows_and_ties_in_name_order(
     assert [row[0] for row in table.rows()] == sorted(names)
     # Equal deadlines fire in (tenant, customer) order, as tuples sort.
     assert [signal[2] for signal in signals] == sorted(names)
+
+
+def test_sources_past_the_limit_share_one_and_lose_no_spend(
+    table_module: ModuleType,
+) -> None:
+    limit = native.table_py.MAX_SOURCES
+    touches = [
+        make_touch(ts_ms=at(0), kind=ORDER, amount=1.0, source=f"s{index}")
+        for index in range(limit + 10)
+    ]
+    table = table_module.CustomerTable()
+
+    table.apply(touches)
+    spend = dict(fields(table)["spend_by_source"])
+    restored = table_module.CustomerTable()
+    restored.restore(table.snapshot())
+
+    assert len(spend) == limit
+    assert spend[table_module.OTHER_SOURCES] == 11.0
+    assert sum(spend.values()) == limit + 10
+    assert restored.rows() == table.rows()

@@ -1527,6 +1527,8 @@ cdef class CustomerTable:
                 _corrupt(offset, "a record is cut short")
 
             key = at
+            if id_length > 0 and (<uint8_t>key[0] & 0xC0) == 0x80:
+                _corrupt(offset, "a customer id is not UTF-8")
             at += id_length
             self._append(tenant, key, id_length)
             record = &self.records[position]
@@ -1560,6 +1562,12 @@ cdef class CustomerTable:
             _corrupt(at - start, "bytes left after the last record")
         if self.arena_used != id_bytes or self.channel_count != channels:
             _corrupt(HEADER_BYTES + 20, "the counts disagree with the records")
+        # No id starts inside a character, so the ids are each UTF-8 when
+        # all of them together are: one check of the arena.
+        try:
+            PyUnicode_DecodeUTF8(self.arena, self.arena_used, NULL)
+        except UnicodeDecodeError:
+            _corrupt(HEADER_BYTES, "a customer id is not UTF-8")
         # Indexed once all are in, to prefetch ahead (see _grow_index).
         position = self._grow_index(records)
         if position >= 0:

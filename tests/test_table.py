@@ -723,3 +723,30 @@ def test_sources_past_the_limit_share_one_and_lose_no_spend(
     assert spend[table_module.OTHER_SOURCES] == 11.0
     assert sum(spend.values()) == limit + 10
     assert restored.rows() == table.rows()
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [(b"x\xc3\xa9", b"x\xff\xa9"), (b"\xc3\xa9y", b"\xa9yy")],
+    ids=["bad byte", "starts inside a character"],
+)
+def test_a_snapshot_with_a_customer_id_that_is_not_utf8_is_refused(
+    table_module: ModuleType, ids: tuple[bytes, bytes]
+) -> None:
+    # The arena holds "xé" then "éy"; the second case makes them "xx\xc3" and
+    # "\xa9yy", which only together read as UTF-8.
+    table = table_module.CustomerTable()
+    table.apply(
+        [
+            make_touch(ts_ms=at(0), customer_id="xé"),
+            make_touch(ts_ms=at(0), customer_id="éy", event_id="e2"),
+        ]
+    )
+    blob = table.snapshot()
+    if ids[0] == b"x\xc3\xa9":
+        blob = blob.replace(*ids)
+    else:
+        blob = blob.replace(b"x\xc3\xa9", b"xx\xc3").replace(*ids)
+
+    with pytest.raises(ValueError, match="a customer id is not UTF-8"):
+        table_module.CustomerTable().restore(blob)

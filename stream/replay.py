@@ -135,6 +135,12 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
     if any(options.input.resolve() == path.resolve() for path in outputs):
         msg = f"the input {options.input} is one of the files the replay writes"
         raise UsageError(msg)
+    for path in sorted(outputs):
+        # Checked before the run: found while moving the outputs into
+        # place, it would leave some of them new and some old.
+        if path.exists() and not path.is_file():
+            msg = f"{path} is in the way of an output file; expected a file there"
+            raise UsageError(msg)
     if options.workers > options.config.key_groups:
         log.warning(
             "Replay: more workers than key groups workers=%d key_groups=%d; "
@@ -524,8 +530,9 @@ def _merge(options: ReplayOptions, work: Path) -> tuple[Counts, int]:
     """Merge the workers' part files into the sorted output files.
 
     The files are written in the scratch folder and moved into place only
-    once all three are complete, so a failed run leaves no mix of old and
-    new outputs.
+    once all are complete, so a run that fails leaves the old outputs. The
+    moves are one rename each, one after another: only a crash between two
+    of them could leave a mix.
     """
     parts = work / "parts"
     counts = Counts()

@@ -132,6 +132,20 @@ def test_a_wrong_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert "tenants.acme.time_zone" in result.stderr
 
 
+def test_a_folder_in_the_way_of_an_output_is_bad_usage_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "o"
+    (out / "lineage.jsonl").mkdir(parents=True)
+    (out / "customers.jsonl").write_text("old\n")
+
+    result = touchstream("replay", CDNOW_SAMPLE, "--format", "cdnow", "--out", out)
+
+    assert result.returncode == 2
+    assert f"{out / 'lineage.jsonl'} is in the way" in result.stderr
+    assert (out / "customers.jsonl").read_text() == "old\n"
+
+
 def test_an_out_that_is_a_file_is_bad_usage(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")

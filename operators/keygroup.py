@@ -542,25 +542,66 @@ class KeyGroupActor:
         )
 
     def _restore(self, data: bytes) -> None:
-        state = msgspec.msgpack.decode(data)
-        format_number = state.get("format")
-        if format_number == SNAPSHOT_FORMAT:
-            self.table.restore(state["table"])
-        elif format_number == _ROWS_FORMAT:
-            # A checkpoint of the Touchstream before binary tables.
-            self.table.load_rows(state["rows"])
+        try:
+            format_number = msgspec.msgpack.decode(data, type=_Format).format
+            kind = _SNAPSHOT_TYPES.get(format_number)
+            if kind is None:
+                msg = (
+                    f"key-group snapshot format {format_number!r} is not "
+                    f"readable by this Touchstream (expected {SNAPSHOT_FORMAT}, "
+                    f"or {_ROWS_FORMAT} from before)"
+                )
+                raise ValueError(msg)
+            state = msgspec.msgpack.decode(data, type=kind)
+        except (msgspec.DecodeError, msgspec.ValidationError) as ex:
+            msg = f"key-group snapshot is not readable: {ex}"
+            raise ValueError(msg) from ex
+        if isinstance(state, _TableSnapshot):
+            self.table.restore(state.table)
         else:
-            msg = (
-                f"key-group snapshot format {format_number!r} is not "
-                f"readable by this Touchstream (expected {SNAPSHOT_FORMAT}, "
-                f"or {_ROWS_FORMAT} from before)"
-            )
-            raise ValueError(msg)
-        self.deduper.restore(state["dedupe"])
-        self.partition_high_ms = dict(state["partition_high_ms"])
-        self.watermark_ms = state["watermark_ms"]
-        self.next_boundary_ms = dict(state["next_boundary_ms"])
-        self.cooldowns = dict(state["cooldowns"])
+            # A checkpoint of the Touchstream before binary tables.
+            self.table.load_rows(state.rows)
+        self.deduper.restore(state.dedupe)
+        self.partition_high_ms = dict(state.partition_high_ms)
+        self.watermark_ms = state.watermark_ms
+        self.next_boundary_ms = dict(state.next_boundary_ms)
+        self.cooldowns = dict(state.cooldowns)
+
+
+class _Format(msgspec.Struct):
+    """The one field every key-group snapshot has."""
+
+    format: int
+
+
+class _TableSnapshot(msgspec.Struct):
+    """A key-group snapshot (``SNAPSHOT_FORMAT``), as :meth:`snapshot` writes."""
+
+    format: int
+    table: bytes
+    dedupe: list[Any]
+    partition_high_ms: list[tuple[int, int]]
+    watermark_ms: int
+    next_boundary_ms: list[tuple[str, int]]
+    cooldowns: list[tuple[str, int]]
+
+
+class _RowsSnapshot(msgspec.Struct):
+    """A key-group snapshot of the format before binary tables."""
+
+    format: int
+    rows: list[Any]
+    dedupe: list[Any]
+    partition_high_ms: list[tuple[int, int]]
+    watermark_ms: int
+    next_boundary_ms: list[tuple[str, int]]
+    cooldowns: list[tuple[str, int]]
+
+
+_SNAPSHOT_TYPES: dict[int, type[_TableSnapshot] | type[_RowsSnapshot]] = {
+    SNAPSHOT_FORMAT: _TableSnapshot,
+    _ROWS_FORMAT: _RowsSnapshot,
+}
 
 
 class _Decide:

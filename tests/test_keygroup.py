@@ -368,8 +368,38 @@ def test_a_snapshot_with_a_damaged_table_is_refused() -> None:
 def test_a_snapshot_without_a_format_is_refused() -> None:
     data = msgspec.msgpack.encode({"rows": [], "dedupe": [], "partition_high_ms": []})
 
-    with pytest.raises(ValueError, match=r"format None .*expected 4"):
+    with pytest.raises(ValueError, match="missing required field `format`"):
         KeyGroupSettings(partitions=1).build(data)
+
+
+@pytest.mark.parametrize(
+    ("state", "problem"),
+    [
+        ([4, b""], "Expected `object`, got `array`"),
+        ({"format": 4, "dedupe": []}, "missing required field `table`"),
+        (
+            {
+                "format": 4,
+                "table": b"",
+                "dedupe": [],
+                "partition_high_ms": [],
+                "watermark_ms": "x",
+                "next_boundary_ms": [],
+                "cooldowns": [],
+            },
+            "Expected `int`, got `str` - at `$.watermark_ms`",
+        ),
+    ],
+    ids=["not a map", "no table", "a time that is text"],
+)
+def test_a_snapshot_of_the_wrong_shape_is_refused_saying_where(
+    state: Any, problem: str
+) -> None:
+    data = msgspec.msgpack.encode(state)
+
+    with pytest.raises(ValueError, match="key-group snapshot is not readable") as ex:
+        KeyGroupSettings(partitions=1).build(data)
+    assert problem in str(ex.value)
 
 
 # Implementations

@@ -36,6 +36,7 @@ from operators.events import (
     MAX_TS_MS,
     MIN_TS_MS,
     Event,
+    Id,
     Touch,
 )
 
@@ -194,7 +195,9 @@ class Decoder:
             event = self._parse(position, raw)
         except msgspec.ValidationError as ex:
             code, reason = _explain_validation(str(ex), lambda: self._plain(raw))
-            return Rejection(position, code, reason, None, self._excerpt(raw))
+            return Rejection(
+                position, code, reason, self._readable_id(raw), self._excerpt(raw)
+            )
         except msgspec.DecodeError as ex:
             reason = f"malformed {self.settings.format} record: {ex}"
             return Rejection(position, "malformed", reason, None, self._excerpt(raw))
@@ -310,6 +313,18 @@ class Decoder:
         self, position: int, raw: bytes, event: Event, code: str, reason: str
     ) -> Rejection:
         return Rejection(position, code, reason, event.event_id, self._excerpt(raw))
+
+    def _readable_id(self, raw: bytes) -> str | None:
+        """The record's `event_id` when it is valid though the record is not,
+        so that the upstream can find the event it sent."""
+        if self.settings.format not in ("jsonl", "msgpack"):
+            return None
+        data = self._plain(raw)
+        event_id = data.get("event_id") if isinstance(data, dict) else None
+        try:
+            return msgspec.convert(event_id, Id)
+        except msgspec.ValidationError:
+            return None
 
     def _plain(self, raw: bytes) -> Any:
         """The record as plain data, to show a bad value in a reason."""

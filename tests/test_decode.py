@@ -526,6 +526,29 @@ def test_a_bad_attribute_is_not_described_as_an_object(
     assert "an object of" not in rejection.reason
 
 
+@pytest.mark.parametrize(
+    ("fields", "event_id"),
+    [
+        ({"customer_id": ""}, "e1"),
+        ({"score": 11, "kind": "nps"}, "e1"),
+        ({"ts": "1997-01-01T10:00:00"}, "e1"),
+        ({"event_id": "x" * 129, "customer_id": ""}, None),
+        ({"event_id": 7, "customer_id": ""}, None),
+    ],
+    ids=["empty customer", "score", "naive time", "id too long", "id not text"],
+)
+def test_a_rejection_keeps_the_event_id_when_it_is_readable(
+    fields: dict[str, Any], event_id: str | None
+) -> None:
+    for fmt, raw in (
+        ("jsonl", jsonl(**fields)),
+        ("msgpack", msgspec.msgpack.encode(event(**fields))),
+    ):
+        rejection = only_rejection(decode(raw, format=fmt))
+
+        assert rejection.event_id == event_id, fmt
+
+
 # Digest and sort key
 
 

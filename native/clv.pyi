@@ -44,6 +44,16 @@ def conditional_expected_purchases(
 def expected_purchases(
     t: float, r: float, alpha: float, a: float, b: float
 ) -> float: ...
+def alive_expectations(
+    x: float,
+    T: float,
+    r: float,
+    alpha: float,
+    a: float,
+    b: float,
+    times: Sequence[float],
+    discounts: Sequence[float],
+) -> tuple[float, float]: ...
 def value_terms(
     x: float,
     t_x: float,

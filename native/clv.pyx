@@ -239,8 +239,8 @@ cdef void _node(double u, double a, double beta, double m, double log_b,
     discounted[0] = weight * total
 
 
-def _alive_expectations(double x, double T, double r, double alpha, double a,
-                        double b, times, discounts):
+def alive_expectations(double x, double T, double r, double alpha, double a,
+                       double b, times, discounts):
     """E[Y(t_K) | alive] and E[sum_j d_j (Y(t_j) - Y(t_j-1)) | alive]."""
     cdef Periods periods
     cdef double m = r + x, beta = b + x
@@ -306,13 +306,13 @@ def conditional_expected_purchases(double t, double x, double t_x, double T,
                                    double r, double alpha, double a,
                                    double b):
     """E[purchases in (T, T+t] | x, t_x, T] under BG/NBD."""
-    plain, _ = _alive_expectations(x, T, r, alpha, a, b, [t], [1.0])
+    plain, _ = alive_expectations(x, T, r, alpha, a, b, [t], [1.0])
     return p_alive_c(x, t_x, T, r, alpha, a, b) * plain
 
 
 def expected_purchases(double t, double r, double alpha, double a, double b):
     """E[X(t)]: expected purchases of a new customer in (0, t]."""
-    plain, _ = _alive_expectations(0.0, 0.0, r, alpha, a, b, [t], [1.0])
+    plain, _ = alive_expectations(0.0, 0.0, r, alpha, a, b, [t], [1.0])
     return plain
 
 
@@ -324,6 +324,6 @@ def value_terms(double x, double t_x, double T, double r, double alpha,
     applied to each period's expected purchases.
     """
     alive = p_alive_c(x, t_x, T, r, alpha, a, b)
-    plain, discounted = _alive_expectations(x, T, r, alpha, a, b, times,
+    plain, discounted = alive_expectations(x, T, r, alpha, a, b, times,
                                             discounts)
     return alive, alive * plain, alive * discounted

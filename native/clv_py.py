@@ -285,7 +285,7 @@ def _sweep(
     return sum_plain, sum_disc
 
 
-def _alive_expectations(
+def alive_expectations(
     x: float,
     T: float,
     r: float,
@@ -338,13 +338,13 @@ def conditional_expected_purchases(
     t: float, x: float, t_x: float, T: float, r: float, alpha: float, a: float, b: float
 ) -> float:
     """E[purchases in (T, T+t] | x, t_x, T] under BG/NBD."""
-    plain, _ = _alive_expectations(x, T, r, alpha, a, b, [t], [1.0])
+    plain, _ = alive_expectations(x, T, r, alpha, a, b, [t], [1.0])
     return p_alive(x, t_x, T, r, alpha, a, b) * plain
 
 
 def expected_purchases(t: float, r: float, alpha: float, a: float, b: float) -> float:
     """E[X(t)]: expected purchases of a new customer in (0, t]."""
-    plain, _ = _alive_expectations(0.0, 0.0, r, alpha, a, b, [t], [1.0])
+    plain, _ = alive_expectations(0.0, 0.0, r, alpha, a, b, [t], [1.0])
     return plain
 
 
@@ -361,5 +361,5 @@ def value_terms(
 ) -> tuple[float, float, float]:
     """(P(alive), expected purchases by times[-1], discounted purchases)."""
     alive = p_alive(x, t_x, T, r, alpha, a, b)
-    plain, discounted = _alive_expectations(x, T, r, alpha, a, b, times, discounts)
+    plain, discounted = alive_expectations(x, T, r, alpha, a, b, times, discounts)
     return alive, alive * plain, alive * discounted

@@ -33,6 +33,7 @@ import gc
 import hashlib
 import json
 import math
+import operator
 import os
 import platform
 import subprocess
@@ -47,6 +48,7 @@ from typing import Any
 import msgspec
 
 from load_tests.generate import generate_events
+from operators.decode import Format
 from stream.errors import RunError, UsageError
 
 CASE_GROUPS = (
@@ -92,6 +94,9 @@ TARGETS = (
     ("memory_native_bytes", "<=", 400, "memory at 1M customers: <= 400 bytes each"),
     ("snapshot_restore_ms", "<", 1_000, "snapshot + restore of 1M customers: < 1 s"),
 )
+
+
+_COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -442,9 +447,10 @@ def _run_case(args: argparse.Namespace) -> dict[str, Any]:
         return _kernel(data / SORTED_FILES["jsonl"])
     if args.case == "steps":
         return _steps(data / SORTED_FILES["jsonl"])
-    if args.case in ("decode_jsonl", "decode_msgpack"):
-        fmt = args.case.removeprefix("decode_")
-        return _decode(data / SORTED_FILES[fmt], fmt)
+    if args.case == "decode_jsonl":
+        return _decode(data / SORTED_FILES["jsonl"], "jsonl")
+    if args.case == "decode_msgpack":
+        return _decode(data / SORTED_FILES["msgpack"], "msgpack")
     if args.case.startswith("memory_"):
         customers = args.memory_customers or QUICK["memory_customers"]
         return _memory(args.case.removeprefix("memory_"), customers)
@@ -452,10 +458,22 @@ def _run_case(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError(msg)
 
 
-def _decoder(fmt: str = "jsonl") -> Any:
+def _decoder(fmt: Format = "jsonl") -> Any:
     from operators.decode import DecodeSettings
 
-    return DecodeSettings(format=fmt, input_name="bench").build()  # type: ignore[arg-type]
+    return DecodeSettings(format=fmt, input_name="bench").build()
+
+
+def _raw_batches(path: Path, fmt: Format) -> list[list[tuple[int, bytes]]]:
+    """The file's raw records in batches of the replay's size, read before
+    any clock starts."""
+    from stream.sources import read_records
+
+    records = [record for record, _ in read_records(path, fmt)]
+    return [
+        records[start : start + BATCH_SIZE]
+        for start in range(0, len(records), BATCH_SIZE)
+    ]
 
 
 def _ordering(path: Path) -> dict[str, Any]:
@@ -473,22 +491,16 @@ def _ordering(path: Path) -> dict[str, Any]:
     return {"events_per_s": round(count / seconds), "seconds": round(seconds, 3)}
 
 
-def _decode(path: Path, fmt: str) -> dict[str, Any]:
+def _decode(path: Path, fmt: Format) -> dict[str, Any]:
     """The decode step alone, on records split from the file beforehand."""
-    from stream.sources import read_records
-
-    records = [record for record, _ in read_records(path, fmt)]  # type: ignore[arg-type]
-    batches = [
-        records[start : start + BATCH_SIZE]
-        for start in range(0, len(records), BATCH_SIZE)
-    ]
+    batches = _raw_batches(path, fmt)
     decoder = _decoder(fmt)
     gc.collect()
     started = time.perf_counter()
     touches = sum(len(decoder.decode_batch(batch).touches) for batch in batches)
     seconds = time.perf_counter() - started
     return {
-        "events_per_s": round(len(records) / seconds),
+        "events_per_s": round(sum(map(len, batches)) / seconds),
         "seconds": round(seconds, 3),
         "applied": touches,
     }
@@ -499,50 +511,26 @@ def _steps(path: Path) -> dict[str, Any]:
     by the decode step, each share given to its key-group actor (built with
     the settings a `touchstream replay` without options uses), then the end
     of input. Records are split from the file before the clock starts."""
-    from operators.clv import ValueSettings
-    from operators.decode import DecodeSettings, TenantRule
-    from operators.keygroup import KeyGroupActor, KeyGroupSettings
-    from stream.config import (
-        decision_settings,
-        health_settings,
-        load_config,
-        rules_path,
-    )
+    from operators.keygroup import KeyGroupActor
+    from stream.config import health_settings, load_config
     from stream.flow import REPORT_KEY, DecodeStep
-    from stream.params import horizon_days, load_params
-    from stream.rulebook import RuleBook
-    from stream.sources import RawBatch, read_records
+    from stream.params import load_params, value_settings
+    from stream.replay import ReplayOptions, actor_settings, decode_settings
+    from stream.sources import RawBatch
 
     config = load_config(None)
-    params, _ = load_params(None)
-    tenant = config.tenant_defaults
-    decode = DecodeSettings(
+    options = ReplayOptions(
+        input=path,
         format="jsonl",
-        input_name=path.name,
-        default_tenant=config.default_tenant,
-        tenant_defaults=TenantRule(tenant.currency, tenant.time_zone, tenant.rates),
-        max_record_bytes=config.max_record_bytes,
-    )
-    settings = KeyGroupSettings(
-        partitions=1,
-        dedupe_span_ms=config.dedupe_span_ms,
-        value=ValueSettings(
-            params,
-            horizon_days=horizon_days(None, config, None),
-            margin=config.value.margin,
-            annual_discount=config.value.annual_discount,
-        ),
+        out=path.parent,
+        config=config,
+        presorted=True,
+        value=value_settings(load_params(None)[0], config),
         health=health_settings(config),
-        decisions=decision_settings(config),
-        rules=RuleBook(rules_path(config)),
-        default_time_zone=tenant.time_zone,
-        default_currency=tenant.currency,
     )
-    records = [record for record, _ in read_records(path, "jsonl")]
-    batches = [
-        RawBatch(0, records[start : start + BATCH_SIZE], False)
-        for start in range(0, len(records), BATCH_SIZE)
-    ]
+    decode = decode_settings(options)
+    settings = actor_settings(options, 1)
+    batches = [RawBatch(0, records, False) for records in _raw_batches(path, "jsonl")]
     step = DecodeStep(decode, config.key_groups)
     actors: dict[str, KeyGroupActor] = {}
     interventions = 0
@@ -562,26 +550,17 @@ def _steps(path: Path) -> dict[str, Any]:
             interventions += len(report.interventions)
     seconds = time.perf_counter() - started
     return {
-        "events_per_s": round(len(records) / seconds),
+        "events_per_s": round(sum(len(batch.records) for batch in batches) / seconds),
         "seconds": round(seconds, 3),
         "interventions": interventions,
     }
 
 
 def _decoded_batches(path: Path) -> list[list[Any]]:
-    from stream.sources import read_records
-
     decoder = _decoder()
-    batches: list[list[Any]] = []
-    records: list[tuple[int, bytes]] = []
-    for record, _ in read_records(path, "jsonl"):
-        records.append(record)
-        if len(records) == BATCH_SIZE:
-            batches.append(decoder.decode_batch(records).touches)
-            records = []
-    if records:
-        batches.append(decoder.decode_batch(records).touches)
-    return batches
+    return [
+        decoder.decode_batch(records).touches for records in _raw_batches(path, "jsonl")
+    ]
 
 
 def _kernel(path: Path) -> dict[str, Any]:
@@ -907,11 +886,7 @@ def summarise(
     targets = []
     for key, comparison, threshold, text in TARGETS:
         figure = figures.get(key)
-        met = None
-        if figure is not None:
-            met = figure >= threshold if comparison == ">=" else figure <= threshold
-            if comparison == "<":
-                met = figure < threshold
+        met = None if figure is None else _COMPARE[comparison](figure, threshold)
         entry = {"target": text, "figure": figure, "met": met}
         if key in ("memory_native_bytes", "snapshot_restore_ms"):
             entry["customers"] = config["memory_customers"]

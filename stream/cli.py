@@ -19,13 +19,12 @@ import msgspec
 import orjson
 
 from load_tests import bench
-from operators.clv import ValueSettings
 from operators.decode import FORMATS
 from stream.config import health_settings, load_config, load_csv_map
 from stream.errors import RunError, UsageError
 from stream.explain import find_lineage, format_lineage
 from stream.fit import FitOptions, run_fit
-from stream.params import horizon_days, load_params
+from stream.params import horizon_days, load_params, value_settings
 from stream.replay import ReplayOptions, ReplaySummary, run_replay
 
 EXIT_OK = 0
@@ -276,12 +275,7 @@ def _replay(args: argparse.Namespace) -> int:
     }[args.progress]
     config = load_config(args.config)
     params, source = load_params(args.params)
-    value = ValueSettings(
-        params,
-        horizon_days=horizon_days(args.horizon, config, args.config),
-        margin=config.value.margin,
-        annual_discount=config.value.annual_discount,
-    )
+    value = value_settings(params, config, args.horizon, args.config)
     options = ReplayOptions(
         input=args.file,
         format=args.format,

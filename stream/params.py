@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from operators.clv import MAX_HORIZON_DAYS, ModelParams
+from operators.clv import MAX_HORIZON_DAYS, ModelParams, ValueSettings
 from stream.config import Config, parse_duration
 from stream.errors import ConfigError, UsageError
 
@@ -57,6 +57,22 @@ def horizon_days(
         where = "" if config_path is None else f"{config_path}: "
         msg = f"{where}{ex}"
         raise ConfigError(msg) from None
+
+
+def value_settings(
+    params: ModelParams,
+    config: Config,
+    horizon: str | None = None,
+    config_path: Path | None = None,
+) -> ValueSettings:
+    """How a run evaluates CLV: `params` over the horizon (``--horizon``,
+    else the configuration's), with the configuration's margin and discount."""
+    return ValueSettings(
+        params,
+        horizon_days=horizon_days(horizon, config, config_path),
+        margin=config.value.margin,
+        annual_discount=config.value.annual_discount,
+    )
 
 
 def _horizon_days(text: str, where: str) -> float:

@@ -150,7 +150,7 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
         )
     if options.follow:
         _check_follow(options)
-    decode = _decode_settings(options)
+    decode = decode_settings(options)
     started = time.perf_counter()
     log.info(
         "Replay: started input=%s format=%s workers=%d kernel=%s clock=%s",
@@ -164,7 +164,7 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
     work = _work_dir(options.out)
     try:
         specs = _partitions(options, decode, work)
-        actor = _actor_settings(options, len(specs))
+        actor = actor_settings(options, len(specs))
         _run_workers(options, specs, decode, actor, work)
         counts, customers = _merge(options, work)
     finally:
@@ -225,7 +225,8 @@ def _work_dir(out: Path) -> Path:
     return work
 
 
-def _decode_settings(options: ReplayOptions) -> DecodeSettings:
+def decode_settings(options: ReplayOptions) -> DecodeSettings:
+    """The decode step's settings for a replay."""
     config = options.config
 
     def rule(tenant: Any) -> TenantRule:
@@ -329,7 +330,8 @@ def _partitions(
     return [PartitionSpec(spool, None) for spool in spools]
 
 
-def _actor_settings(options: ReplayOptions, partitions: int) -> KeyGroupSettings:
+def actor_settings(options: ReplayOptions, partitions: int) -> KeyGroupSettings:
+    """The key-group actor's settings for a replay over `partitions`."""
     config = options.config
     as_of_ms: dict[str, int] = {}
     default_as_of_ms = None

@@ -194,9 +194,10 @@ class Decoder:
         try:
             event = self._parse(position, raw)
         except msgspec.ValidationError as ex:
-            code, reason = _explain_validation(str(ex), lambda: self._plain(raw))
+            plain = self._plain(raw)
+            code, reason = _explain_validation(str(ex), lambda: plain)
             return Rejection(
-                position, code, reason, self._readable_id(raw), self._excerpt(raw)
+                position, code, reason, _readable_id(plain), self._excerpt(raw)
             )
         except msgspec.DecodeError as ex:
             reason = f"malformed {self.settings.format} record: {ex}"
@@ -214,25 +215,23 @@ class Decoder:
         ts = event.ts
         ts_ms = ts if isinstance(ts, int) else (ts - _EPOCH) // _MS
         if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
-            shown = ts.isoformat() if isinstance(ts, datetime) else _ms_text(ts)
             return self._reject(
                 position,
                 raw,
                 event,
                 "ts_out_of_range",
                 "expected `ts` from 1970-01-01 up to 2100-01-01 (RFC 3339 "
-                f"with an offset, or epoch milliseconds) - got {shown}",
+                f"with an offset, or epoch milliseconds) - got {_shown_time(ts)}",
             )
         skew_ms = self._skew_ms
         if skew_ms is not None and ts_ms > self.wall_ms + skew_ms:
-            shown = ts.isoformat() if isinstance(ts, datetime) else _ms_text(ts)
             return self._reject(
                 position,
                 raw,
                 event,
                 "ts_out_of_range",
                 f"expected `ts` at most {skew_ms / 1000:g} s ahead of the wall clock "
-                f"(clock.allowed_skew) - got {shown}, "
+                f"(clock.allowed_skew) - got {_shown_time(ts)}, "
                 f"{(ts_ms - self.wall_ms) / 1000:g} s ahead",
             )
 
@@ -313,18 +312,6 @@ class Decoder:
         self, position: int, raw: bytes, event: Event, code: str, reason: str
     ) -> Rejection:
         return Rejection(position, code, reason, event.event_id, self._excerpt(raw))
-
-    def _readable_id(self, raw: bytes) -> str | None:
-        """The record's `event_id` when it is valid though the record is not,
-        so that the upstream can find the event it sent."""
-        if self.settings.format not in ("jsonl", "msgpack"):
-            return None
-        data = self._plain(raw)
-        event_id = data.get("event_id") if isinstance(data, dict) else None
-        try:
-            return msgspec.convert(event_id, Id)
-        except msgspec.ValidationError:
-            return None
 
     def _plain(self, raw: bytes) -> Any:
         """The record as plain data, to show a bad value in a reason."""
@@ -479,6 +466,21 @@ def _csv_fields(layout: CsvLayout) -> list[tuple[int, str | tuple[str, str]]]:
             if name not in layout.columns and name != "attributes":
                 pairs.append((i, name))
     return sorted(pairs, key=lambda pair: pair[0])
+
+
+def _readable_id(plain: Any) -> str | None:
+    """A bad record's `event_id` when that alone is valid, so that the
+    upstream can find the event it sent."""
+    event_id = plain.get("event_id") if isinstance(plain, dict) else None
+    try:
+        return msgspec.convert(event_id, Id)
+    except msgspec.ValidationError:
+        return None
+
+
+def _shown_time(ts: datetime | int) -> str:
+    """An event time as its sender wrote it, for a reason."""
+    return ts.isoformat() if isinstance(ts, datetime) else _ms_text(ts)
 
 
 def _explain_validation(message: str, record: Callable[[], Any]) -> tuple[str, str]:

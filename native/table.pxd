@@ -109,7 +109,8 @@ cdef class CustomerTable:
                             Py_ssize_t length) except -1
     cdef Py_ssize_t _append(self, uint32_t tenant, const char* key,
                             Py_ssize_t length) except -1
-    cdef Py_ssize_t _create(self, object tenant, object customer_id) except -1
+    cdef Py_ssize_t _find_or_create(self, object tenant,
+                                    object customer_id) except -1
     cdef Py_ssize_t _grow_index(self, Py_ssize_t wanted) except -2
     cdef uint64_t _record_hash(self, Py_ssize_t position) noexcept
     cdef uint32_t _tenant_code(self, object tenant) except 0xFFFFFFFF

@@ -591,7 +591,7 @@ cdef class CustomerTable:
 
     cdef Py_ssize_t _lookup(self, object tenant,
                             object customer_id) except -2:
-        # The record of (tenant, customer_id), or -1.
+        # The record of (tenant, customer_id), or -1; creates nothing.
         cdef const char* key
         cdef Py_ssize_t length, found
         cdef uint32_t code
@@ -604,8 +604,6 @@ cdef class CustomerTable:
             if known is None:
                 return -1
             code = known
-            self.last_tenant = tenant
-            self.last_tenant_code = code
         key = PyUnicode_AsUTF8AndSize(customer_id, &length)
         if self.count == 0:
             return -1
@@ -673,7 +671,10 @@ cdef class CustomerTable:
         self.count += 1
         return position
 
-    cdef Py_ssize_t _create(self, object tenant, object customer_id) except -1:
+    cdef Py_ssize_t _find_or_create(self, object tenant,
+                                    object customer_id) except -1:
+        # The record of (tenant, customer_id), made with default state if
+        # new: one hash and one probe either way.
         cdef const char* key
         cdef Py_ssize_t length
 
@@ -683,11 +684,16 @@ cdef class CustomerTable:
     # Interned names.
 
     cdef uint32_t _tenant_code(self, object tenant) except 0xFFFFFFFF:
-        cdef object known = self.tenant_codes.get(tenant)
-        cdef uint32_t code, rank
-        cdef uint32_t* ranks
+        # Touches come in runs of one tenant: the last one's code is kept.
+        cdef object known
+        cdef uint32_t code
 
+        if tenant is self.last_tenant:
+            return self.last_tenant_code
+        known = self.tenant_codes.get(tenant)
         if known is not None:
+            self.last_tenant = tenant
+            self.last_tenant_code = known
             return known
         if not isinstance(tenant, str):
             msg = f"tenant must be a str, got {type(tenant).__name__}"
@@ -938,9 +944,7 @@ cdef class CustomerTable:
                 self.fire(ts_ms, False, signals)
             tenant = _field(self, touch, F_TENANT)
             customer_id = _field(self, touch, F_CUSTOMER_ID)
-            position = self._lookup(tenant, customer_id)
-            if position < 0:
-                position = self._create(tenant, customer_id)
+            position = self._find_or_create(tenant, customer_id)
             kind = _field(self, touch, F_KIND)
             inbound = _field(self, touch, F_INBOUND)
             segment = _field(self, touch, F_SEGMENT)
@@ -1187,7 +1191,7 @@ cdef class CustomerTable:
         return None if position < 0 else self._row(position)
 
     cdef int _load_row(self, object row) except -1:
-        cdef Py_ssize_t position = self._create(row[0], row[1])
+        cdef Py_ssize_t position = self._find_or_create(row[0], row[1])
         cdef Record* record
         cdef ChannelState* state
         cdef ChannelState loaded

@@ -505,6 +505,15 @@ cdef class CustomerTable:
     def __len__(self):
         return self.count
 
+    def tenant_names(self):
+        """The tenants of the table's customers, sorted."""
+        cdef bytearray seen = bytearray(len(self.tenants))
+        cdef Py_ssize_t position
+
+        for position in range(self.count):
+            seen[self.records[position].tenant] = 1
+        return sorted(name for name, used in zip(self.tenants, seen) if used)
+
     def memory_bytes(self):
         """Bytes of native memory the table holds, allocated (not only used)
         capacity included; the interned names and the overflow of spend by

@@ -363,6 +363,10 @@ class CustomerTable:
     def __len__(self) -> int:
         return len(self.records)
 
+    def tenant_names(self) -> list[str]:
+        """The tenants of the table's customers, sorted."""
+        return sorted({tenant for tenant, _ in self.records})
+
     def memory_bytes(self) -> int:
         """A rough size of the records (the native table counts exactly)."""
         return sum(

@@ -364,7 +364,8 @@ class KeyGroupActor:
             final_ms = self.watermark_ms
         else:
             ends = {
-                row[0]: self._end_ms(row[0], last_event_ms) for row in self.table.rows()
+                tenant: self._end_ms(tenant, last_event_ms)
+                for tenant in self.table.tenant_names()
             }
             final_ms = max(ends.values(), default=NO_TIME)
             if final_ms != NO_TIME:

@@ -750,3 +750,21 @@ def test_a_snapshot_with_a_customer_id_that_is_not_utf8_is_refused(
 
     with pytest.raises(ValueError, match="a customer id is not UTF-8"):
         table_module.CustomerTable().restore(blob)
+
+
+def test_tenant_names_are_those_of_the_customers_sorted(
+    table_module: ModuleType,
+) -> None:
+    table = table_module.CustomerTable()
+    table.apply(
+        [
+            make_touch(ts_ms=at(0), tenant="globex"),
+            make_touch(ts_ms=at(0), tenant="acme", customer_id="c2"),
+            make_touch(ts_ms=at(0), tenant="globex", customer_id="c3"),
+        ]
+    )
+    restored = table_module.CustomerTable()
+    restored.restore(table.snapshot())
+
+    assert table.tenant_names() == restored.tenant_names() == ["acme", "globex"]
+    assert table_module.CustomerTable().tenant_names() == []

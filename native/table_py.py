@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +63,34 @@ NAME_LENGTH = struct.Struct("<I")
 RECORD = struct.Struct("<IIHBHqqqqiiidddqqiiiqqqbdidbb")
 CHANNEL = struct.Struct("<qqiidd")
 SPEND = struct.Struct("<Id")
+# A snapshot record's fields after its five codes and counts, in order.
+_RECORD_FIELDS = (
+    "first_purchase_ms",
+    "last_purchase_ms",
+    "first_purchase_day",
+    "last_purchase_day",
+    "repeat_purchases",
+    "orders",
+    "late_orders",
+    "first_day_spend",
+    "repeat_spend",
+    "refund_total",
+    "last_inbound_ms",
+    "last_event_ms",
+    "open_tickets",
+    "complaints",
+    "last_nps",
+    "last_nps_ms",
+    "silence_deadline_ms",
+    "silent_since_ms",
+    "last_inbound_channel",
+    "window_clv",
+    "decline_run",
+    "decline_cusum",
+    "at_risk",
+    "health_band",
+)
+_record_fields = operator.attrgetter(*_RECORD_FIELDS)
 _INT32 = (-(2**31), 2**31 - 1)
 DEFAULT_SHORT_WINDOW_MS = 14 * 86_400_000.0
 DEFAULT_LONG_WINDOW_MS = 90 * 86_400_000.0
@@ -724,32 +753,8 @@ class CustomerTable:
         record = CustomerRecord(*key)
         self.records[key] = record
         record.segment = None if segment == 0 else segments[segment - 1]
-        (
-            record.first_purchase_ms,
-            record.last_purchase_ms,
-            record.first_purchase_day,
-            record.last_purchase_day,
-            record.repeat_purchases,
-            record.orders,
-            record.late_orders,
-            record.first_day_spend,
-            record.repeat_spend,
-            record.refund_total,
-            record.last_inbound_ms,
-            record.last_event_ms,
-            record.open_tickets,
-            record.complaints,
-            record.last_nps,
-            record.last_nps_ms,
-            record.silence_deadline_ms,
-            record.silent_since_ms,
-            record.last_inbound_channel,
-            record.window_clv,
-            record.decline_run,
-            record.decline_cusum,
-            record.at_risk,
-            record.health_band,
-        ) = fixed[5:]
+        for name, value in zip(_RECORD_FIELDS, fixed[5:], strict=True):
+            setattr(record, name, value)
         for channel in used:
             (
                 record.last_touch_ms[channel],
@@ -796,30 +801,7 @@ def _record_bytes(record: CustomerRecord, table: CustomerTable) -> list[bytes]:
         len(customer_id),
         mask,
         len(record.spend_by_source),
-        record.first_purchase_ms,
-        record.last_purchase_ms,
-        record.first_purchase_day,
-        record.last_purchase_day,
-        record.repeat_purchases,
-        record.orders,
-        record.late_orders,
-        record.first_day_spend,
-        record.repeat_spend,
-        record.refund_total,
-        record.last_inbound_ms,
-        record.last_event_ms,
-        record.open_tickets,
-        record.complaints,
-        record.last_nps,
-        record.last_nps_ms,
-        record.silence_deadline_ms,
-        record.silent_since_ms,
-        record.last_inbound_channel,
-        record.window_clv,
-        record.decline_run,
-        record.decline_cusum,
-        record.at_risk,
-        record.health_band,
+        *_record_fields(record),
     )
     spends = [
         SPEND.pack(table.sources[source], spend)

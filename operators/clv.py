@@ -157,10 +157,10 @@ class ValueModel:
 
     def _alive_expectations(self, x: float, age: float) -> tuple[float, float]:
         model = self.params.bgnbd
-        plain, discounted = _clv.alive_expectations(
+        expectations: tuple[float, float] = _clv.alive_expectations(
             x, age, model.r, model.alpha, model.a, model.b, self.times, self.discounts
         )
-        return float(plain), float(discounted)
+        return expectations
 
     @property
     def value_bands(self) -> list[float]:

@@ -4,6 +4,7 @@ they are evaluated over."""
 
 from __future__ import annotations
 
+import logging
 import math
 from importlib import resources
 from pathlib import Path
@@ -13,6 +14,9 @@ import msgspec
 from operators.clv import MAX_HORIZON_DAYS, ModelParams, ValueSettings
 from stream.config import Config, parse_duration
 from stream.errors import ConfigError, UsageError
+from stream.watch import FileWatch
+
+log = logging.getLogger(__name__)
 
 BUNDLED = "cdnow.json"
 MS_PER_DAY = 86_400_000
@@ -73,6 +77,34 @@ def value_settings(
         margin=config.value.margin,
         annual_discount=config.value.annual_discount,
     )
+
+
+class ParamsBook:
+    """The value settings in force for a long-running engine: a changed
+    parameter file is read again (looked at no more than once a second); one
+    that does not validate is refused, and the set in force stays."""
+
+    def __init__(self, path: Path | None, settings: ValueSettings) -> None:
+        self.path = path
+        self.settings = settings
+        self._watch = None if path is None else FileWatch(path)
+
+    def __call__(self) -> ValueSettings:
+        if self._watch is not None and self._watch.changed():
+            self._reload()
+        return self.settings
+
+    def _reload(self) -> None:
+        assert self.path is not None
+        try:
+            params, source = load_params(self.path)
+        except ConfigError as ex:
+            log.warning("Params: refused path=%s reason=%s", self.path, ex)
+            return
+        if params == self.settings.params:
+            return
+        self.settings = msgspec.structs.replace(self.settings, params=params)
+        log.info("Params: reloaded path=%s params=%s", self.path, source)
 
 
 def _horizon_days(text: str, where: str) -> float:

@@ -10,16 +10,13 @@ in force stay, and the log says why.
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
 
 from operators.rules import RuleSet, default_rules, load_rules
 from stream.errors import ConfigError
+from stream.watch import FileWatch
 
 log = logging.getLogger(__name__)
-
-CHECK_EVERY_S = 1.0
 
 
 class RuleBook:
@@ -28,32 +25,16 @@ class RuleBook:
 
     def __init__(self, path: Path | None, *, watch: bool = False) -> None:
         self.path = path
-        self.watch = watch and path is not None
         self.rules = default_rules() if path is None else load_rules(path)
-        self._stamp = self._file_stamp()
-        self._checked = time.monotonic()
+        self._watch = FileWatch(path) if watch and path is not None else None
 
     def __call__(self) -> RuleSet:
-        if self.watch and time.monotonic() - self._checked >= CHECK_EVERY_S:
-            self._checked = time.monotonic()
-            self._reload_if_changed()
+        if self._watch is not None and self._watch.changed():
+            self._reload()
         return self.rules
 
-    def _file_stamp(self) -> tuple[int, int] | None:
-        if self.path is None:
-            return None
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size
-
-    def _reload_if_changed(self) -> None:
+    def _reload(self) -> None:
         assert self.path is not None
-        stamp = self._file_stamp()
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
         try:
             rules = load_rules(self.path)
         except ConfigError as ex:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import stream.rulebook
+import stream.watch
 from stream.rulebook import RuleBook
 
 RULE = """
@@ -34,7 +34,7 @@ def test_without_a_file_the_shipped_default_rules_apply() -> None:
 def test_a_changed_file_is_reloaded_and_a_broken_one_refused_keeping_the_old(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(stream.rulebook, "CHECK_EVERY_S", 0.0)
+    monkeypatch.setattr(stream.watch, "CHECK_EVERY_S", 0.0)
     path = tmp_path / "rules.toml"
     write(path, RULE.format(name="first"), 1_000_000_000)
     book = RuleBook(path, watch=True)

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from native import load
-from operators.clv import CustomerValue, ValueSettings
+from operators.clv import CustomerValue, ValueModel, ValueSettings
 from operators.decisions import (
     DecisionSettings,
     WindowState,
@@ -138,6 +138,12 @@ class KeyGroupSettings(msgspec.Struct, frozen=True):
     default_time_zone: str = "UTC"
     currencies: dict[str, str] = {}
     default_currency: str = "USD"
+    # On the live clock: report the record of every customer touched since
+    # the last report, evaluated at the wall time (the server's live view).
+    publish_customers: bool = False
+    # The value settings in force, when they may change while running (a
+    # reloaded parameter file); otherwise ``value`` holds for the run.
+    value_source: Callable[[], ValueSettings] | None = None
 
     def build(
         self,
@@ -187,9 +193,11 @@ class KeyGroupActor:
         # The next value-window boundary of each time zone in use.
         self.next_boundary_ms: dict[str, int] = {}
         self.cooldowns: dict[str, int] = {}
+        self._value_settings = settings.value
         self.value_model = None if settings.value is None else settings.value.build()
         self._pending: list[Intervention] = []
         self._late = 0
+        self._touched: set[tuple[str, str]] = set()
         self._forget_cooldowns_at_ms = NO_TIME
         if resume_state is not None:
             self._restore(resume_state)
@@ -287,6 +295,10 @@ class KeyGroupActor:
                 fresh = self._dedupe(batch.touches, counts, rejections)
                 counts.applied += len(fresh)
                 self._apply(fresh)
+                if self.settings.publish_customers:
+                    self._touched.update(
+                        (touch.tenant, touch.customer_id) for touch in fresh
+                    )
             self._move_watermark()
 
         if rejections:
@@ -348,13 +360,40 @@ class KeyGroupActor:
         interventions, self._pending = self._pending, []
         counts.late, self._late = self._late, 0
         counts.interventions = len(interventions)
+        customers, lineage = self._touched_customers()
         if (
             counts.applied == counts.duplicates == counts.late == 0
             and not rejections
             and not interventions
+            and not customers
         ):
             return []
-        return [Report(counts, rejections, interventions=interventions)]
+        return [
+            Report(
+                counts,
+                rejections,
+                customers=customers,
+                lineage=lineage,
+                interventions=interventions,
+            )
+        ]
+
+    def _touched_customers(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The records of the customers touched since the last report, now."""
+        if not self._touched:
+            return [], []
+        now_ms = self.wall_ms()
+        customers = []
+        lineage = []
+        for tenant, customer_id in sorted(self._touched):
+            row = self.table.get_row(tenant, customer_id)
+            assert row is not None
+            value = self._value(row, now_ms)
+            health = self._health(row, now_ms, value)
+            customers.append(customer_json(row, now_ms, value, health))
+            lineage.append(lineage_json(row, now_ms, self._model(), value, health))
+        self._touched.clear()
+        return customers, lineage
 
     def on_eof(self) -> list[Report]:
         """Decide up to the end time, then report every customer there."""
@@ -379,7 +418,7 @@ class KeyGroupActor:
             value = self._value(row, end_ms)
             health = self._health(row, end_ms, value)
             customers.append(customer_json(row, end_ms, value, health))
-            lineage.append(lineage_json(row, end_ms, self.value_model, value, health))
+            lineage.append(lineage_json(row, end_ms, self._model(), value, health))
         if customers:
             reports.append(Report(Counts(), customers=customers, lineage=lineage))
         return reports
@@ -397,9 +436,20 @@ class KeyGroupActor:
 
     def _value(self, row: Row, end_ms: int) -> CustomerValue | None:
         purchases = purchase_summary(row, end_ms)
-        if self.value_model is None or purchases is None:
+        model = self._model()
+        if model is None or purchases is None:
             return None
-        return self.value_model.evaluate(*purchases)
+        return model.evaluate(*purchases)
+
+    def _model(self) -> ValueModel | None:
+        """The value model in force, rebuilt when its settings changed."""
+        source = self.settings.value_source
+        if source is not None:
+            current = source()
+            if current is not self._value_settings:
+                self._value_settings = current
+                self.value_model = current.build()
+        return self.value_model
 
     def _health(
         self, row: Row, end_ms: int, value: CustomerValue | None

@@ -25,6 +25,7 @@ import bytewax.operators as op
 import msgspec
 import orjson
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
@@ -37,7 +38,7 @@ from operators.keygroup import (
     Report,
 )
 from state.routing import key_group, key_group_name
-from stream.sources import RawBatch, RecordSource
+from stream.sources import RawBatch
 
 REPORT_KEY = "report"
 
@@ -54,7 +55,7 @@ def set_error_log(path: Path | None) -> None:
 
 
 @contextlib.contextmanager
-def _reporting(step: str) -> Iterator[None]:
+def reporting(step: str) -> Iterator[None]:
     try:
         yield
     except Exception:
@@ -72,7 +73,7 @@ class DecodeStep:
         self.names = [key_group_name(index) for index in range(key_groups)]
 
     def __call__(self, batch: RawBatch) -> list[tuple[str, Any]]:
-        with _reporting("decode"):
+        with reporting("decode"):
             return self._split(batch)
 
     def _split(self, batch: RawBatch) -> list[tuple[str, Any]]:
@@ -108,11 +109,11 @@ class KeyGroupLogic(StatefulBatchLogic[KeyGroupBatch, Report, bytes | None]):
         self.keep_snapshots = keep_snapshots
 
     def on_batch(self, values: list[KeyGroupBatch]) -> tuple[list[Report], bool]:
-        with _reporting("key_groups"):
+        with reporting("key_groups"):
             return self.actor.on_batch(values), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Report], bool]:
-        with _reporting("key_groups"):
+        with reporting("key_groups"):
             return self.actor.on_eof(), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -123,7 +124,7 @@ class KeyGroupLogic(StatefulBatchLogic[KeyGroupBatch, Report, bytes | None]):
         return datetime.fromtimestamp(at_ms / 1000, tz=UTC)
 
     def on_notify(self) -> tuple[list[Report], bool]:
-        with _reporting("key_groups"):
+        with reporting("key_groups"):
             return self.actor.on_notify(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
@@ -175,7 +176,7 @@ class ReportPartition(StatelessSinkPartition[Report]):
         self.counts = Counts()
 
     def write_batch(self, items: list[Report]) -> None:
-        with _reporting("write"):
+        with reporting("write"):
             self._write(items)
 
     def _write(self, items: list[Report]) -> None:
@@ -203,7 +204,7 @@ class ReportPartition(StatelessSinkPartition[Report]):
             self.interventions.flush()
 
     def close(self) -> None:
-        with _reporting("write"):
+        with reporting("write"):
             self.customers.close()
             self.lineage.close()
             self.rejected.close()
@@ -228,7 +229,7 @@ def rejected_entry(
 
 
 def build_flow(
-    source: RecordSource,
+    source: FixedPartitionedSource[RawBatch, int],
     decode: DecodeSettings,
     key_groups: int,
     actor: KeyGroupSettings,
@@ -236,8 +237,10 @@ def build_flow(
     *,
     keep_snapshots: bool = False,
     live: LiveOutput | None = None,
+    sink: DynamicSink[Report] | None = None,
 ) -> Dataflow:
-    """Wire the replay dataflow."""
+    """Wire the replay dataflow; `sink`, when given, takes the reports
+    instead of the part files in `parts_dir`."""
     flow = Dataflow("touchstream_replay")
     raw = op.input("read", flow, source)
     routed = op.flat_map("decode", raw, DecodeStep(decode, key_groups))
@@ -250,5 +253,5 @@ def build_flow(
     actor_reports = op.key_rm("actor_reports", groups)
     decode_reports = op.map("decode_reports", split.falses, lambda item: item[1])
     reports = op.merge("reports", decode_reports, actor_reports)
-    op.output("write", reports, ReportSink(parts_dir, live))
+    op.output("write", reports, sink or ReportSink(parts_dir, live))
     return flow

@@ -20,6 +20,7 @@ import orjson
 
 from load_tests import bench
 from operators.decode import FORMATS
+from stream.cli_api import Handler, add_commands
 from stream.config import health_settings, load_config, load_csv_map
 from stream.errors import RunError, UsageError
 from stream.explain import find_lineage, format_lineage
@@ -32,6 +33,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 log = logging.getLogger("stream.cli")
+API_COMMANDS: dict[str, Handler] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_log_level(bench_parser, argparse.SUPPRESS)
     bench.add_arguments(bench_parser)
+    API_COMMANDS.update(
+        add_commands(commands, lambda sub: _add_log_level(sub, argparse.SUPPRESS))
+    )
     return parser
 
 
@@ -242,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "explain": _explain,
             "replay": _replay,
             "bench": bench.run,
+            **API_COMMANDS,
         }
         return command[args.command](args)
     except UsageError as ex:

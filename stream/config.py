@@ -127,6 +127,31 @@ class ClockConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     allowed_skew: str = "5m"
 
 
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The gRPC server of ``touchstream serve`` (README, "Serving").
+
+    Paths are relative to the configuration file.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    data: str | None = None
+    tokens: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=65_536, le=1 << 30)] = 16 << 20
+    max_batch_events: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    retention: str = "7d"
+    heartbeat: str = "10s"
+    poll_interval: str = "50ms"
+    keepalive: str = "30s"
+    shutdown_grace: str = "5s"
+    movers_history: str = "35d"
+    max_streams_per_tenant: Annotated[int, msgspec.Meta(ge=1)] = 64
+    max_unacked: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    page_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Every setting of a Touchstream run.
 
@@ -148,6 +173,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     decline: DeclineConfig = DeclineConfig()
     risk: RiskConfig = RiskConfig()
     clock: ClockConfig = ClockConfig()
+    server: ServerConfig = ServerConfig()
 
     def tenant(self, name: str) -> TenantConfig:
         return self.tenants.get(name, self.tenant_defaults)
@@ -170,9 +196,21 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
     config = _load_toml(path, Config)
+    base = path.resolve().parent
     if config.rules is not None:
-        rules = path.resolve().parent / config.rules
-        config = msgspec.structs.replace(config, rules=str(rules))
+        config = msgspec.structs.replace(config, rules=str(base / config.rules))
+    server = config.server
+    config = msgspec.structs.replace(
+        config,
+        server=msgspec.structs.replace(
+            server,
+            **{
+                key: str(base / value)
+                for key in ("data", "tokens", "tls_cert", "tls_key", "tls_client_ca")
+                if (value := getattr(server, key)) is not None
+            },
+        ),
+    )
     durations = [
         ("dedupe_span", config.dedupe_span),
         ("value.horizon", config.value.horizon),
@@ -182,6 +220,12 @@ def load_config(path: Path | None) -> Config:
         ("clock.allowed_lateness", config.clock.allowed_lateness),
         ("clock.idle_timeout", config.clock.idle_timeout),
         ("clock.allowed_skew", config.clock.allowed_skew),
+        ("server.retention", config.server.retention),
+        ("server.heartbeat", config.server.heartbeat),
+        ("server.poll_interval", config.server.poll_interval),
+        ("server.keepalive", config.server.keepalive),
+        ("server.shutdown_grace", config.server.shutdown_grace),
+        ("server.movers_history", config.server.movers_history),
     ] + [
         (f"silence.override[{index}].window", override.window)
         for index, override in enumerate(config.silence.override)

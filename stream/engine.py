@@ -1,0 +1,258 @@
+"""The engine of ``touchstream serve``: the dataflow on the live clock, fed
+by the ingest log and writing into the intervention log and the customer
+store (``stream/store.py``).
+
+It runs in a process of its own, so that the gRPC server's event loop and
+the dataflow never share a GIL. On every start it reads the ingest log from
+its first event: that rebuilds the customers' state, and interventions
+decided again carry the ids they had, which the log keeps once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.run import cli_main
+
+from operators.keygroup import Report
+from stream.config import health_settings, load_config, parse_duration
+from stream.flow import build_flow, reporting
+from stream.params import ParamsBook, load_params, value_settings
+from stream.replay import ReplayOptions, actor_settings, decode_settings
+from stream.sources import RawBatch, RawRecord
+from stream.store import (
+    CUSTOMERS_FILE,
+    INGEST_FILE,
+    INTERVENTIONS_FILE,
+    CustomerStore,
+    IngestLog,
+    InterventionLog,
+)
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the engine process needs: plain paths, so that a fresh
+    interpreter can build everything from them."""
+
+    data: Path
+    config_path: Path | None = None
+    params_path: Path | None = None
+    horizon: str | None = None
+    log_level: str = "INFO"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class IngestLogSource(FixedPartitionedSource[RawBatch, int]):
+    """The ingest log as one source partition, read as it grows; it ends,
+    after what is there, once `stop` is set."""
+
+    def __init__(self, path: Path, batch_size: int, poll_s: float, stop: Any) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        self.poll_s = poll_s
+        self.stop = stop
+
+    def list_parts(self) -> list[str]:
+        return ["0"]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> IngestLogPartition:
+        return IngestLogPartition(self, resume_state or 0)
+
+
+class IngestLogPartition(StatefulSourcePartition[RawBatch, int]):
+    def __init__(self, source: IngestLogSource, offset: int) -> None:
+        self.source = source
+        self.log = IngestLog(source.path)
+        self.offset = offset
+        self._idle = False
+
+    def next_batch(self) -> list[RawBatch]:
+        stopping = self.source.stop.is_set()
+        rows = self.log.read_after(self.offset, self.source.batch_size)
+        self._idle = not rows
+        if rows:
+            self.offset = rows[-1][0]
+            records: list[RawRecord] = rows
+            return [RawBatch(0, records, False)]
+        if stopping:
+            raise StopIteration
+        return []
+
+    def next_awake(self) -> datetime | None:
+        if self._idle:
+            return datetime.now(UTC) + timedelta(seconds=self.source.poll_s)
+        return None
+
+    def snapshot(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        self.log.close()
+
+
+class StoreSink(DynamicSink[Report]):
+    """Writes the engine's reports into the data folder's logs."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StorePartition:
+        return StorePartition(self.data)
+
+
+class StorePartition(StatelessSinkPartition[Report]):
+    def __init__(self, data: Path) -> None:
+        self.interventions = InterventionLog(data / INTERVENTIONS_FILE)
+        self.customers = CustomerStore(data / CUSTOMERS_FILE)
+        self.ingest = IngestLog(data / INGEST_FILE)
+        self.appended = 0
+
+    def write_batch(self, items: list[Report]) -> None:
+        with reporting("write"):
+            self._write(items)
+
+    def _write(self, items: list[Report]) -> None:
+        interventions: list[dict[str, Any]] = []
+        customers: list[dict[str, Any]] = []
+        lineage: list[dict[str, Any]] = []
+        rejected: list[tuple[str, int, str | None, str, str]] = []
+        for report in items:
+            interventions.extend(msgspec.to_builtins(report.interventions))
+            customers.extend(report.customers)
+            lineage.extend(report.lineage)
+            rejected.extend(
+                ("engine", item.position, item.event_id, item.code, item.reason)
+                for item in report.rejections
+            )
+        at_ms = now_ms()
+        if rejected:
+            # Decided by the engine (a conflicting repeated id): the ingest
+            # accepted these, so they are recorded where its refusals are.
+            self.ingest.append("", [], at_ms, rejected)
+        if customers:
+            self.customers.publish(customers, lineage, at_ms)
+        if interventions:
+            self.appended += self.interventions.append(interventions, at_ms)
+
+    def close(self) -> None:
+        self.interventions.close()
+        self.customers.close()
+        self.ingest.close()
+
+
+def build_engine(options: EngineOptions, stop: Any) -> Any:
+    """The engine's dataflow over the data folder."""
+    config = load_config(options.config_path)
+    params, source = load_params(options.params_path)
+    value = value_settings(params, config, options.horizon, options.config_path)
+    replay = ReplayOptions(
+        input=options.data / INGEST_FILE,
+        format="jsonl",
+        out=options.data,
+        config=config,
+        value=value,
+        value_source=source,
+        health=health_settings(config),
+        follow=True,
+    )
+    decode = decode_settings(replay)
+    actor = msgspec.structs.replace(
+        actor_settings(replay, partitions=1),
+        position_name="offset",
+        publish_customers=True,
+        value_source=ParamsBook(options.params_path, value),
+    )
+    poll_s = parse_duration(config.server.poll_interval) / 1000
+    source_step = IngestLogSource(
+        options.data / INGEST_FILE, config.batch_size, poll_s, stop
+    )
+    return build_flow(
+        source_step,
+        msgspec.structs.replace(decode, input_name="ingest"),
+        config.key_groups,
+        actor,
+        options.data,
+        sink=StoreSink(options.data),
+    )
+
+
+def engine_main(options: EngineOptions) -> None:
+    """The engine process: run the dataflow until SIGTERM or SIGINT, then
+    end after what the ingest log holds."""
+    logging.basicConfig(
+        level=options.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    if sys.platform == "linux":
+        # Die with the server, even on SIGKILL, rather than run on orphaned.
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    flow = build_engine(options, stop)
+    log.info("Engine: started data=%s", options.data)
+    cli_main(flow, epoch_interval=timedelta(seconds=1))  # type: ignore[no-untyped-call]
+    log.info("Engine: stopped data=%s", options.data)
+
+
+def start_engine(options: EngineOptions) -> subprocess.Popen[bytes]:
+    """Start the engine as a process of its own (`python -m stream.engine`);
+    SIGTERM stops it cleanly."""
+    command = [sys.executable, "-m", "stream.engine", "--data", str(options.data)]
+    for flag, value in (
+        ("--config", options.config_path),
+        ("--params", options.params_path),
+        ("--horizon", options.horizon),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    command += ["--log-level", options.log_level]
+    return subprocess.Popen(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stream.engine")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--params", type=Path)
+    parser.add_argument("--horizon")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    engine_main(
+        EngineOptions(args.data, args.config, args.params, args.horizon, args.log_level)
+    )
+
+
+if __name__ == "__main__":
+    main()

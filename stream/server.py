@@ -306,14 +306,16 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
         context: grpc.aio.ServicerContext,
     ) -> ingest_pb2.PublishAck:
         try:
-            records = self._records(batch)
+            records = self._records(batch, identity.tenant)
         except BadBatch as ex:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
         return await self.stores.write(
             lambda ingest, _, __: self._append(ingest, identity, batch, records)
         )
 
-    def _records(self, batch: ingest_pb2.EventBatch) -> list[tuple[int, bytes]]:
+    def _records(
+        self, batch: ingest_pb2.EventBatch, tenant: str
+    ) -> list[tuple[int, bytes]]:
         """The batch's events as numbered raw records, or BadBatch."""
         where = f"batch {batch.batch_id!r}: " if batch.batch_id else ""
         unknown = unknown_field_numbers(batch)
@@ -325,8 +327,9 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
             raise BadBatch(msg)
         which = batch.WhichOneof("payload")
         if which == "events":
+            # An event message without a tenant is of the caller's tenant.
             records = [
-                (index, orjson.dumps(event_json(event)))
+                (index, orjson.dumps({"tenant": tenant} | event_json(event)))
                 for index, event in enumerate(batch.events.events, 1)
             ]
         elif which == "json_lines":

@@ -138,7 +138,10 @@ def publish(
             summary.accepted += ack.accepted
             summary.rejected += len(ack.rejected)
             for item in ack.rejected:
-                entry = {"batch_id": ack.batch_id, **json_format.MessageToDict(item)}
+                fields = json_format.MessageToDict(
+                    item, preserving_proto_field_name=True
+                )
+                entry = {"batch_id": ack.batch_id, **fields}
                 rejected_out.write(orjson.dumps(entry).decode() + "\n")
     return summary
 

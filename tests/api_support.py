@@ -66,6 +66,7 @@ def write_tokens(path: Path) -> Path:
 
 def write_config(folder: Path, server: dict[str, Any], extra: str = "") -> Path:
     """A configuration with the test tokens and these [server] settings."""
+    folder.mkdir(parents=True, exist_ok=True)
     tokens = write_tokens(folder / "tokens.toml")
     settings = {"tokens": str(tokens), **server}
     body = "\n".join(
@@ -130,7 +131,7 @@ def running_api(
 
 @contextlib.contextmanager
 def serve_process(
-    folder: Path, *, extra: str = "", **server: Any
+    folder: Path, *, extra: str = "", args: tuple[str | Path, ...] = (), **server: Any
 ) -> Iterator[tuple[Api, subprocess.Popen[str]]]:
     """`touchstream serve` as a user starts it, in a process of its own."""
     config_path = write_config(folder, server, extra)
@@ -146,6 +147,7 @@ def serve_process(
             "127.0.0.1:0",
             "--data",
             str(folder / "data"),
+            *map(str, args),
         ],
         stderr=subprocess.PIPE,
         text=True,

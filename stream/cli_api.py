@@ -15,6 +15,7 @@ import orjson
 from stream.auth import ROLES, new_token, token_digest
 from stream.config import load_config
 from stream.errors import RunError, UsageError
+from stream.params import load_params, value_settings
 
 Handler = Callable[[argparse.Namespace], int]
 DEFAULT_DATA = Path("touchstream-data")
@@ -137,6 +138,9 @@ def _serve(args: argparse.Namespace) -> int:
     from stream.server import ServeOptions, serve
 
     config = load_config(args.config)
+    # Refused here, with exit code 2, rather than by the engine process.
+    params, _ = load_params(args.params)
+    value_settings(params, config, args.horizon, args.config)
     data = args.data or (
         Path(config.server.data) if config.server.data else DEFAULT_DATA
     )

@@ -89,6 +89,8 @@ MAX_ID_CHARS = 128
 MAX_MOVERS = 1_000
 DEFAULT_MOVERS = 20
 ADMIN_TOKEN_FILE = "admin.token"
+# The health service name that tells whether the engine process runs.
+ENGINE_HEALTH = "touchstream.engine"
 TOKENS_FILE = "tokens.toml"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
@@ -877,6 +879,17 @@ class Server:
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._engine: subprocess.Popen[bytes] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _engine_options(self) -> EngineOptions:
+        options = self.options
+        return EngineOptions(
+            options.data,
+            options.config_path,
+            options.params_path,
+            options.horizon,
+            options.log_level,
+        )
 
     def _decode(self) -> DecodeSettings:
         replay = ReplayOptions(
@@ -923,20 +936,14 @@ class Server:
         if self.port == 0:
             msg = f"cannot listen on {self.options.listen}"
             raise UsageError(msg)
-        if self.options.engine:
-            self._engine = start_engine(
-                EngineOptions(
-                    self.options.data,
-                    self.options.config_path,
-                    self.options.params_path,
-                    self.options.horizon,
-                    self.options.log_level,
-                )
-            )
         await self.grpc.start()
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._trimmer = asyncio.create_task(self._trim_forever())
+        self._tasks = [asyncio.create_task(self._trim_forever())]
+        if self.options.engine:
+            self._engine = start_engine(self._engine_options())
+            await self.health.set(ENGINE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+            self._tasks.append(asyncio.create_task(self._supervise_engine()))
         log.info(
             "Serve: listening address=%s port=%d data=%s tls=%s tokens=%d",
             self.options.listen,
@@ -968,8 +975,9 @@ class Server:
         await self.health.enter_graceful_shutdown()
         self.stopping.set()
         await self.grpc.stop(self.limits.shutdown_grace_s)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._trimmer
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._engine is not None:
             self._engine.terminate()  # SIGTERM: it ends after what it has read
             await asyncio.get_running_loop().run_in_executor(
@@ -978,14 +986,32 @@ class Server:
         self.stores.close()
         log.info("Serve: stopped")
 
-    async def wait_engine(self) -> None:
-        """Return when the engine process ends (it should not before stop)."""
-        while self._engine is not None and self._engine.poll() is None:
-            await _sleep_or(self.stopping, 0.5)
+    async def _supervise_engine(self) -> None:
+        """Keep the engine running: one that exits before the server stops
+        is started again after a pause that doubles up to 30 s; meanwhile
+        the health of `touchstream.engine` is NOT_SERVING (the API keeps
+        taking events, which wait in the ingest log)."""
+        pause_s = 1.0
+        while not self.stopping.is_set():
+            engine = self._engine
+            assert engine is not None
+            if engine.poll() is None:
+                await _sleep_or(self.stopping, 0.2)
+                continue
+            log.error(
+                "Engine: exited code=%s restarting_in_s=%.0f",
+                engine.returncode,
+                pause_s,
+            )
+            await self.health.set(
+                ENGINE_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await _sleep_or(self.stopping, pause_s)
             if self.stopping.is_set():
                 return
-        if self._engine is not None and not self.stopping.is_set():
-            log.error("Engine: exited code=%s", self._engine.returncode)
+            pause_s = min(30.0, pause_s * 2)
+            self._engine = start_engine(self._engine_options())
+            await self.health.set(ENGINE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
 
 def _join_engine(process: subprocess.Popen[bytes]) -> None:
@@ -1004,14 +1030,9 @@ async def _serve(options: ServeOptions) -> int:
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
-    engine = asyncio.create_task(server.wait_engine())
-    stop = asyncio.create_task(done.wait())
-    await asyncio.wait({engine, stop}, return_when=asyncio.FIRST_COMPLETED)
-    failed = engine.done() and not done.is_set()
-    stop.cancel()
+    await done.wait()
     await server.stop()
-    engine.cancel()
-    return 1 if failed else 0
+    return 0
 
 
 def serve(options: ServeOptions) -> int:

@@ -32,6 +32,7 @@ INGEST_FILE = "ingest.sqlite"
 INTERVENTIONS_FILE = "interventions.sqlite"
 CUSTOMERS_FILE = "customers.sqlite"
 OUTCOMES = ("accepted", "dismissed", "done", "converted")
+HOUR_MS = 3_600_000
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -346,7 +347,9 @@ class InterventionLog:
 
 
 class CustomerStore:
-    """The latest published record of each customer, and CLV history."""
+    """The latest published record of each customer, and CLV history: the
+    last value of each customer in each hour it changed, so the history
+    grows with hours, not with events."""
 
     def __init__(self, path: Path) -> None:
         self.db = connect(path)
@@ -363,12 +366,12 @@ class CustomerStore:
             CREATE TABLE IF NOT EXISTS clv_history (
                 tenant TEXT NOT NULL,
                 customer_id TEXT NOT NULL,
+                hour INTEGER NOT NULL,
                 at_ms INTEGER NOT NULL,
                 clv REAL,
-                value_band INTEGER
+                value_band INTEGER,
+                PRIMARY KEY (tenant, customer_id, hour)
             );
-            CREATE INDEX IF NOT EXISTS history_by_customer
-                ON clv_history (tenant, customer_id, at_ms);
             CREATE INDEX IF NOT EXISTS history_by_time ON clv_history (at_ms);
             """
         )
@@ -397,14 +400,15 @@ class CustomerStore:
                 ],
             )
             db.executemany(
-                "INSERT INTO clv_history VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO clv_history VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (
                         record["tenant"],
                         record["customer_id"],
+                        now_ms // HOUR_MS,
                         now_ms,
-                        record["clv"],
-                        record["value_band"],
+                        record.get("clv"),
+                        record.get("value_band"),
                     )
                     for record in records
                 ],
@@ -441,29 +445,29 @@ class CustomerStore:
         self, tenant: str, since_ms: int, limit: int
     ) -> list[tuple[str, float | None, float | None, int | None, int | None]]:
         """The customers whose CLV changed most since `since_ms`: id, CLV and
-        value band before (None: first seen since) and now, largest absolute
-        change first, ties by id."""
+        value band before (the last value at or before `since_ms`, to the
+        hour; None: first seen since) and now, largest absolute change
+        first, ties by id."""
         rows = self.db.execute(
             """
-            WITH now AS (
+            WITH moves AS (
                 SELECT customer_id,
-                       json_extract(record, '$.clv') AS clv,
-                       json_extract(record, '$.value_band') AS band
-                FROM customers WHERE tenant = :tenant
-            ),
-            before AS (
-                SELECT h.customer_id, h.clv, h.value_band AS band
-                FROM clv_history AS h
-                WHERE h.tenant = :tenant AND h.at_ms = (
-                    SELECT MAX(at_ms) FROM clv_history
-                    WHERE tenant = :tenant AND customer_id = h.customer_id
-                      AND at_ms <= :since)
+                       json_extract(record, '$.clv') AS clv_now,
+                       json_extract(record, '$.value_band') AS band_now,
+                       (SELECT h.at_ms FROM clv_history AS h
+                        WHERE h.tenant = c.tenant AND h.customer_id = c.customer_id
+                          AND h.at_ms <= :since
+                        ORDER BY h.hour DESC LIMIT 1) AS before_ms
+                FROM customers AS c WHERE tenant = :tenant
             )
-            SELECT now.customer_id, before.clv, now.clv, before.band, now.band
-            FROM now LEFT JOIN before USING (customer_id)
-            WHERE now.clv IS NOT NULL
-              AND ABS(now.clv - COALESCE(before.clv, 0)) > 0
-            ORDER BY ABS(now.clv - COALESCE(before.clv, 0)) DESC, now.customer_id
+            SELECT moves.customer_id, h.clv, moves.clv_now, h.value_band,
+                   moves.band_now
+            FROM moves LEFT JOIN clv_history AS h
+              ON h.tenant = :tenant AND h.customer_id = moves.customer_id
+             AND h.at_ms = moves.before_ms
+            WHERE moves.clv_now IS NOT NULL
+              AND ABS(moves.clv_now - COALESCE(h.clv, 0)) > 0
+            ORDER BY ABS(moves.clv_now - COALESCE(h.clv, 0)) DESC, moves.customer_id
             LIMIT :limit
             """,
             {"tenant": tenant, "since": since_ms, "limit": limit},

@@ -923,3 +923,39 @@ def test_a_restarted_server_resumes_subscribers_from_the_durable_log(
     assert len(before) == 8 and after == before
     ids = [m.intervention.intervention_id for m in first + rest]
     assert ids == [intervention_id for _, intervention_id in before]
+
+
+def test_an_engine_killed_with_sigkill_is_restarted_and_catches_up(
+    tmp_path: Path,
+) -> None:
+    with running_api(tmp_path, engine=True, heartbeat="100ms") as api:
+        assert api.server is not None
+        health = health_pb2_grpc.HealthStub(api.channel)
+
+        def engine_status() -> int:
+            request = health_pb2.HealthCheckRequest(service="touchstream.engine")
+            return int(health.Check(request).status)
+
+        assert engine_status() == health_pb2.HealthCheckResponse.SERVING
+        first = api.server._engine
+        assert first is not None
+        first.kill()
+        wait_for(lambda: engine_status() == health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Accepted while the engine is down: durable, applied once it is back.
+        events = [inbound(index, f"c{index}") for index in range(2)]
+        assert api.ingest.PublishBatch(json_batch(events), metadata=api.md()).accepted
+        wait_for(lambda: engine_status() == health_pb2.HealthCheckResponse.SERVING)
+        assert api.server._engine is not first
+        stream = api.interventions.Subscribe(
+            interventions_pb2.SubscribeRequest(subscriber_id="crm"),
+            metadata=api.md(),
+            timeout=60,
+        )
+        got = read_messages(stream, 4)
+        stream.cancel()
+        assert sorted(m.intervention.customer_id for m in got) == [
+            "c0",
+            "c0",
+            "c1",
+            "c1",
+        ]

@@ -186,10 +186,8 @@ class Stores:
         self._readers.shutdown(wait=True)
         with self._lock:
             for store in self._opened:
-                # A connection may be closed from another thread once the
-                # thread that made it is done.
-                with contextlib.suppress(Exception):
-                    store.db.close()
+                store.close()
+            self._opened.clear()
 
 
 class Gate:
@@ -383,6 +381,14 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
                 body = orjson.dumps(msgpack.unpackb(body))
             bodies.append(body)
         rejected.sort()
+        foreign = sum(1 for row in rejected if row[2] == "wrong_tenant")
+        if foreign:
+            audit.warning(
+                "Audit: refused events of another tenant caller=%s tenant=%s events=%d",
+                identity.name,
+                identity.tenant,
+                foreign,
+            )
         last = ingest.append(
             identity.tenant,
             bodies,

@@ -37,7 +37,11 @@ HOUR_MS = 3_600_000
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open one of the files for this thread, waiting on a busy writer."""
-    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    # Each connection is used by one thread at a time; the server closes
+    # its threads' connections from another one when they are done.
+    connection = sqlite3.connect(
+        path, timeout=30.0, isolation_level=None, check_same_thread=False
+    )
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=30000")

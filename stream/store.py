@@ -20,8 +20,9 @@ cut, which is what an ingest ack promises.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,20 @@ INTERVENTIONS_FILE = "interventions.sqlite"
 CUSTOMERS_FILE = "customers.sqlite"
 OUTCOMES = ("accepted", "dismissed", "done", "converted")
 HOUR_MS = 3_600_000
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, its lock taken at once (BEGIN IMMEDIATE, so a
+    busy writer is waited for here, not in the middle); committed when the
+    block ends, rolled back when it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -83,8 +98,7 @@ class IngestLog:
         """Append events of one batch (and its rejections) in one durable
         transaction; return the offset of the last event, or 0."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.executemany(
                 "INSERT INTO events (tenant, received_ms, body) VALUES (?, ?, ?)",
                 [(tenant, received_ms, body) for body in bodies],
@@ -94,10 +108,6 @@ class IngestLog:
                 [(received_ms, tenant, *row) for row in rejected],
             )
             last = db.execute("SELECT MAX(offset) FROM events").fetchone()[0] or 0
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return int(last) if bodies else 0
 
     def read_after(self, offset: int, limit: int) -> list[tuple[int, bytes]]:
@@ -199,29 +209,22 @@ class InterventionLog:
         ]
         db = self.db
         before = db.total_changes
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.executemany(
                 "INSERT OR IGNORE INTO log (intervention_id, tenant, rule, action, "
                 "priority, segment, appended_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return db.total_changes - before
 
     def trim(self, before_ms: int) -> int:
         """Drop the entries appended before `before_ms`; return how many."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             last = db.execute(
                 "SELECT MAX(cursor) FROM log WHERE appended_ms < ?", (before_ms,)
             ).fetchone()[0]
             if last is None:
-                db.execute("ROLLBACK")
                 return 0
             # Appends are in time order, so the trimmed entries are a prefix.
             deleted = db.execute("DELETE FROM log WHERE cursor <= ?", (last,)).rowcount
@@ -230,10 +233,6 @@ class InterventionLog:
                 "DO UPDATE SET through = MAX(through, excluded.through)",
                 (last,),
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return int(deleted)
 
     # Reading (the subscriptions).
@@ -388,8 +387,7 @@ class CustomerStore:
     ) -> None:
         """Replace the records of these customers and note their CLV."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.executemany(
                 "INSERT OR REPLACE INTO customers VALUES (?, ?, ?, ?, ?)",
                 [
@@ -417,10 +415,6 @@ class CustomerStore:
                     for record in records
                 ],
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def forget_history(self, before_ms: int) -> None:
         """Drop CLV points older than any window a query may ask for, but

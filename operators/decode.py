@@ -195,6 +195,14 @@ class Decoder:
             event = self._parse(position, raw)
         except msgspec.ValidationError as ex:
             plain = self._plain(raw)
+            if plain is _MISSING and self.settings.format in ("jsonl", "msgpack"):
+                # Fields are checked while parsing, so a record cut off after
+                # an unknown key fails on the key first: it is malformed.
+                reason = f"malformed {self.settings.format} record: "
+                reason += self._syntax_error(raw)
+                return Rejection(
+                    position, "malformed", reason, None, self._excerpt(raw)
+                )
             code, reason = _explain_validation(str(ex), lambda: plain)
             return Rejection(
                 position, code, reason, _readable_id(plain), self._excerpt(raw)
@@ -312,6 +320,21 @@ class Decoder:
         self, position: int, raw: bytes, event: Event, code: str, reason: str
     ) -> Rejection:
         return Rejection(position, code, reason, event.event_id, self._excerpt(raw))
+
+    def _syntax_error(self, raw: bytes) -> str:
+        """What is wrong with a record that is not JSON or MessagePack."""
+        decode = (
+            msgspec.json.decode
+            if self.settings.format == "jsonl"
+            else msgspec.msgpack.decode
+        )
+        try:
+            decode(raw)
+        except msgspec.DecodeError as ex:
+            return str(ex)
+        except (ValueError, RecursionError):
+            return "nested too deeply"
+        return "not readable"
 
     def _plain(self, raw: bytes) -> Any:
         """The record as plain data, to show a bad value in a reason."""

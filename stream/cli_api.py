@@ -19,6 +19,7 @@ from stream.params import load_params, value_settings
 
 Handler = Callable[[argparse.Namespace], int]
 DEFAULT_DATA = Path("touchstream-data")
+MAX_NAME_CHARS = 64  # as a tokens file takes them
 
 
 def add_commands(
@@ -70,7 +71,13 @@ def add_commands(
     add_log_level(publish)
     publish.add_argument("file", type=Path, metavar="FILE")
     publish.add_argument("--format", choices=("jsonl", "msgpack"), default="jsonl")
-    publish.add_argument("--batch-events", type=int, default=1_000, metavar="N")
+    publish.add_argument(
+        "--batch-events",
+        type=_positive,
+        default=1_000,
+        metavar="N",
+        help="events per batch (default 1000; at most the server's max_batch_events)",
+    )
     _add_connection(publish)
 
     subscribe = commands.add_parser(
@@ -89,7 +96,9 @@ def add_commands(
     subscribe.add_argument("--min-priority", type=int, default=0, metavar="N")
     subscribe.add_argument("--resume-after", default="", metavar="CURSOR")
     subscribe.add_argument("--from-latest", action="store_true")
-    subscribe.add_argument("--limit", type=int, metavar="N", help="stop after N")
+    subscribe.add_argument(
+        "--limit", type=_positive, metavar="N", help="stop after N interventions"
+    )
     _add_connection(subscribe)
 
     token = commands.add_parser(
@@ -102,9 +111,11 @@ def add_commands(
         ),
     )
     add_log_level(token)
-    token.add_argument("--tenant", required=True)
+    token.add_argument("--tenant", required=True, type=_name)
     token.add_argument("--role", required=True, choices=ROLES)
-    token.add_argument("--name", required=True)
+    token.add_argument(
+        "--name", required=True, type=_name, help="shown in the audit log"
+    )
     return {
         "serve": _serve,
         "publish": _publish,
@@ -113,8 +124,31 @@ def add_commands(
     }
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected a whole number of 1 or more - got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _name(text: str) -> str:
+    if not 1 <= len(text) <= MAX_NAME_CHARS or not text.strip():
+        msg = f"expected 1 to {MAX_NAME_CHARS} characters, not all blank - got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
 def _add_connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default="127.0.0.1:50051", metavar="HOST:PORT")
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="the server (default: 127.0.0.1:50051, serve's default)",
+    )
     parser.add_argument("--token", help="the bearer token (or TOUCHSTREAM_TOKEN)")
     parser.add_argument("--token-file", type=Path, metavar="FILE")
     parser.add_argument("--tls-ca", type=Path, metavar="FILE")

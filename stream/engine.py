@@ -153,8 +153,14 @@ class StorePartition(StatelessSinkPartition[Report]):
         at_ms = now_ms()
         if rejected:
             # Decided by the engine (a conflicting repeated id): the ingest
-            # accepted these, so they are recorded where its refusals are.
-            self.ingest.append("", [], at_ms, rejected)
+            # accepted these, so they are recorded where its refusals are,
+            # under the tenant of the event at that offset.
+            tenants = self.ingest.tenants_at(row[1] for row in rejected)
+            by_tenant: dict[str, list[tuple[str, int, str | None, str, str]]] = {}
+            for row in rejected:
+                by_tenant.setdefault(tenants.get(row[1], ""), []).append(row)
+            for tenant, rows in sorted(by_tenant.items()):
+                self.ingest.append(tenant, [], at_ms, rows)
         if customers:
             self.customers.publish(customers, lineage, at_ms)
         if interventions:

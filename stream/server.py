@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
+import fcntl
 import functools
 import logging
 import os
@@ -25,11 +27,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import grpc
 import msgpack
@@ -86,12 +88,14 @@ SERVICE_NAMES = (
     customers_pb2.DESCRIPTOR.services_by_name["Customers"].full_name,
 )
 MAX_ID_CHARS = 128
+MAX_CURSOR_DIGITS = 18  # below 2**63, SQLite's largest integer
 MAX_MOVERS = 1_000
 DEFAULT_MOVERS = 20
 ADMIN_TOKEN_FILE = "admin.token"
 # The health service name that tells whether the engine process runs.
 ENGINE_HEALTH = "touchstream.engine"
 TOKENS_FILE = "tokens.toml"
+LOCK_FILE = "serve.lock"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
@@ -264,9 +268,25 @@ class Gate:
 
 
 def _method(context: grpc.aio.ServicerContext) -> str:
-    details = getattr(context, "_rpc_event", None)
-    method = getattr(getattr(details, "call_details", None), "method", b"")
-    return method.decode() if isinstance(method, bytes) else str(method or "?")
+    return _CALLED_METHOD.get()
+
+
+# The full method name of the call being handled, for audit lines.
+_CALLED_METHOD: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "touchstream_method", default="?"
+)
+
+
+class _MethodNames(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Keeps each call's method name where its handler can read it."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        _CALLED_METHOD.set(details.method)
+        return await continuation(details)
 
 
 class BadBatch(Exception):
@@ -439,7 +459,13 @@ def _msgpack_maps(data: bytes, where: str) -> list[tuple[int, bytes]]:
                 f"{start} of {len(data)} does not end; nothing was accepted"
             )
             raise BadBatch(msg) from None
-        except (ValueError, msgpack.FormatError, msgpack.StackError) as ex:
+        except msgpack.StackError:
+            msg = (
+                f"{where}`msgpack` value {index} (byte {start}) is nested deeper "
+                "than the decoder allows; nothing was accepted"
+            )
+            raise BadBatch(msg) from None
+        except (ValueError, msgpack.FormatError) as ex:
             msg = (
                 f"{where}`msgpack` is not MessagePack at value {index} (byte "
                 f"{start}): {ex}; nothing was accepted"
@@ -452,10 +478,14 @@ def _msgpack_maps(data: bytes, where: str) -> list[tuple[int, bytes]]:
 
 
 def _cursor(text: str, field_name: str) -> int | None:
+    """A cursor as given in a request: empty, or the decimal digits of one."""
     if not text:
         return None
-    if not text.isdigit():
-        msg = f"expected `{field_name}` to be a cursor from a message - got {text!r}"
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_CURSOR_DIGITS:
+        msg = (
+            f"expected `{field_name}` to be a cursor from a message (decimal "
+            f"digits) - got {text[:40]!r}"
+        )
         raise ValueError(msg)
     return int(text)
 
@@ -529,6 +559,8 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
                     log_, tenant, subscriber, request.from_latest
                 )
             )
+        else:
+            await self._check_not_past_end(cursor, "resume_after", context)
         limits = self.limits
         page = limits.server.page_size
         in_flight = _InFlight()
@@ -562,9 +594,10 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
                     status.code, status.details, status.trailing_metadata
                 )
             for entry in entries:
-                await self._wait_for_acks(identity, subscriber, in_flight)
+                async for heartbeat in self._held(identity, subscriber, in_flight):
+                    yield heartbeat
                 if self.stopping.is_set():
-                    return
+                    break
                 item = for_role(orjson.loads(entry.body), identity)
                 yield intervention_message(
                     entry.cursor, item, format_ms(entry.appended_ms)
@@ -580,20 +613,45 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
                 )
                 last_sent = time.monotonic()
             await _sleep_or(self.stopping, limits.poll_s)
+        last = in_flight.sent[-1] if in_flight.sent else cursor
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the server is stopping; resume after cursor {last}, the last one "
+            "this stream sent",
+        )
 
-    async def _wait_for_acks(
+    async def _held(
         self, identity: Identity, subscriber: str, in_flight: _InFlight
-    ) -> None:
+    ) -> AsyncIterator[interventions_pb2.InterventionMessage]:
         """Hold the stream while the subscriber has the most unacknowledged
-        messages it may; its acks release it."""
+        messages it may, with heartbeats (the last cursor sent); its acks
+        release it."""
         limit = self.limits.server.max_unacked
+        last_beat = time.monotonic()
         while len(in_flight.sent) >= limit and not self.stopping.is_set():
             committed = await self.stores.read(
                 lambda _, log_, __: log_.committed(identity.tenant, subscriber)
             )
             in_flight.settle(committed or 0)
-            if len(in_flight.sent) >= limit:
-                await _sleep_or(self.stopping, self.limits.poll_s)
+            if len(in_flight.sent) < limit:
+                return
+            if time.monotonic() - last_beat >= self.limits.heartbeat_s:
+                yield interventions_pb2.InterventionMessage(
+                    cursor=str(in_flight.sent[-1]), heartbeat=True
+                )
+                last_beat = time.monotonic()
+            await _sleep_or(self.stopping, self.limits.poll_s)
+
+    async def _check_not_past_end(
+        self, cursor: int, field_name: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        latest = await self.stores.read(lambda _, log_, __: log_.latest_cursor())
+        if cursor > latest:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"`{field_name}` {cursor} is past the end of the log (the latest "
+                f"cursor is {latest}); a cursor comes from a message",
+            )
 
     async def Ack(
         self, request: interventions_pb2.AckRequest, context: grpc.aio.ServicerContext
@@ -604,13 +662,16 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
             cursor = _cursor(request.cursor, "cursor")
         except ValueError as ex:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
+        if cursor is not None:
+            await self._check_not_past_end(cursor, "cursor", context)
         outcomes = []
+        known = set(interventions_pb2.Outcome.values())
         for item in request.outcomes:
-            if item.outcome == interventions_pb2.OUTCOME_UNSPECIFIED:
+            if item.outcome not in known or not item.outcome:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"expected the outcome of {item.intervention_id!r} to be one of "
-                    f"{', '.join(OUTCOMES)} - got OUTCOME_UNSPECIFIED",
+                    f"{', '.join(OUTCOMES)} - got {item.outcome}",
                 )
             name = interventions_pb2.Outcome.Name(item.outcome).lower()
             outcomes.append((item.intervention_id, name))
@@ -655,6 +716,8 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
             cursor = _cursor(request.cursor, "cursor")
         except ValueError as ex:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
+        if cursor is not None:
+            await self._check_not_past_end(cursor, "cursor", context)
         tenant, subscriber = identity.tenant, request.subscriber_id
 
         def reset(log_: InterventionLog) -> int:
@@ -710,11 +773,11 @@ def _start_cursor(
 
 
 async def _check_subscriber(subscriber: str, context: grpc.aio.ServicerContext) -> None:
-    if not 1 <= len(subscriber) <= MAX_ID_CHARS:
+    if not 1 <= len(subscriber) <= MAX_ID_CHARS or not subscriber.strip():
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"expected `subscriber_id` of 1 to {MAX_ID_CHARS} characters - got "
-            f"{len(subscriber)}",
+            f"expected `subscriber_id` of 1 to {MAX_ID_CHARS} characters, not "
+            f"all blank - got {subscriber[:40]!r} ({len(subscriber)} characters)",
         )
 
 
@@ -829,7 +892,8 @@ def tokens_for(options: ServeOptions) -> Tokens:
         with os.fdopen(fd, "w") as file:
             file.write(token + "\n")
         path.write_text(
-            "# Tokens of this server (README, Serving); `touchstream token` adds one.\n"
+            "# Tokens of this server (README, Security); `touchstream token`\n"
+            "# makes more.\n"
             "[[token]]\n"
             'name = "admin"\n'
             f'sha256 = "{token_digest(token)}"\n'
@@ -840,8 +904,32 @@ def tokens_for(options: ServeOptions) -> Tokens:
     return Tokens.load(path)
 
 
+def _lock_data(data: Path) -> IO[str]:
+    """Hold the data folder for this server alone (two engines on one set
+    of logs would decide everything twice)."""
+    lock = (data / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        msg = f"another touchstream serve (pid {holder}) uses the data folder {data}"
+        raise UsageError(msg) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def _credentials(server: ServerConfig) -> grpc.ServerCredentials | None:
     if server.tls_cert is None and server.tls_key is None:
+        if server.tls_client_ca is not None:
+            msg = (
+                "server.tls_client_ca (mutual TLS) needs server.tls_cert and "
+                "server.tls_key as well"
+            )
+            raise UsageError(msg)
         return None
     if server.tls_cert is None or server.tls_key is None:
         msg = "server.tls_cert and server.tls_key go together; set both"
@@ -871,8 +959,15 @@ class Server:
         self.options = options
         self.limits = Limits.of(options.config.server)
         options.data.mkdir(parents=True, exist_ok=True)
-        self.tokens = tokens_for(options)
-        self.credentials = _credentials(options.config.server)
+        self._lock = _lock_data(options.data)
+        try:
+            self.tokens = tokens_for(options)
+            self.credentials = _credentials(options.config.server)
+        except BaseException:
+            self._lock.close()
+            raise
+        if not len(self.tokens):
+            log.warning("Serve: the tokens file admits no one; every call will fail")
         self.stores = Stores(options.data)
         # The files exist before the engine or a call opens them.
         for store in (
@@ -911,7 +1006,10 @@ class Server:
         server_config = self.options.config.server
         limits = self.limits
         self.grpc = grpc.aio.server(
+            interceptors=[_MethodNames()],
             options=[
+                # Refuse a port another server holds (gRPC shares it by default).
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", server_config.max_message_bytes),
                 ("grpc.max_send_message_length", server_config.max_message_bytes),
                 ("grpc.keepalive_time_ms", limits.keepalive_ms),
@@ -919,7 +1017,7 @@ class Server:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.http2.max_pings_without_data", 0),
-            ]
+            ],
         )
         gate = Gate(self.tokens, server_config.max_streams_per_tenant)
         ingest_pb2_grpc.add_IngestServicer_to_server(
@@ -935,12 +1033,22 @@ class Server:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
-        if self.credentials is None:
-            self.port = self.grpc.add_insecure_port(self.options.listen)
-        else:
-            self.port = self.grpc.add_secure_port(self.options.listen, self.credentials)
+        try:
+            if self.credentials is None:
+                self.port = self.grpc.add_insecure_port(self.options.listen)
+            else:
+                self.port = self.grpc.add_secure_port(
+                    self.options.listen, self.credentials
+                )
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            msg = f"cannot listen on {self.options.listen}"
+            self.stores.close()
+            self._lock.close()
+            msg = (
+                f"cannot listen on {self.options.listen!r}: expected HOST:PORT of "
+                "this machine with the port free"
+            )
             raise UsageError(msg)
         await self.grpc.start()
         for name in (*SERVICE_NAMES, ""):
@@ -990,6 +1098,7 @@ class Server:
                 None, _join_engine, self._engine
             )
         self.stores.close()
+        self._lock.close()
         log.info("Serve: stopped")
 
     async def _supervise_engine(self) -> None:
@@ -1055,9 +1164,15 @@ def run_in_thread(options: ServeOptions) -> tuple[Server, Callable[[], None]]:
     def main() -> None:
         loop = uvloop.new_event_loop()
         holder["loop"] = loop
-        server = Server(options)
-        holder["server"] = server
-        loop.run_until_complete(server.start())
+        try:
+            server = Server(options)
+            holder["server"] = server
+            loop.run_until_complete(server.start())
+        except BaseException as ex:  # shown by the caller
+            holder["error"] = ex
+            ready.set()
+            loop.close()
+            return
         ready.set()
         loop.run_forever()
         loop.close()
@@ -1067,6 +1182,9 @@ def run_in_thread(options: ServeOptions) -> tuple[Server, Callable[[], None]]:
     if not ready.wait(60):
         msg = "the server did not start within 60 s"
         raise RuntimeError(msg)
+    if "error" in holder:
+        thread.join()
+        raise holder["error"]
 
     def stop() -> None:
         loop = holder["loop"]

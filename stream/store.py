@@ -118,6 +118,21 @@ class IngestLog:
         ).fetchall()
         return [(int(row[0]), bytes(row[1])) for row in rows]
 
+    def tenants_at(self, offsets: Iterable[int]) -> dict[int, str]:
+        """The tenant of the event at each of these offsets."""
+        wanted = sorted(set(offsets))
+        found: dict[int, str] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self.db.execute(
+                    f"SELECT offset, tenant FROM events WHERE offset IN ({marks})",
+                    chunk,
+                ).fetchall()
+            )
+        return found
+
     def rejected_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM rejected").fetchone()[0])
 

@@ -3,6 +3,7 @@ resume, customers, authentication, tenants and roles, bad requests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -503,16 +504,20 @@ def test_a_subscriber_that_does_not_ack_is_held_at_its_unacknowledged_limit(
 
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
-        wait_for(lambda: len(received) >= 5)
-        time.sleep(0.5)
-        assert len(received) == 5  # no heartbeat either: the stream is held
+        wait_for(lambda: len(received) >= 7)
+        # Held: heartbeats with the last cursor sent, and no interventions.
+        assert [m.heartbeat for m in received[:5]] == [False] * 5
+        assert all(m.heartbeat and m.cursor == "5" for m in received[5:])
+        held = len(received)
         api.interventions.Ack(
             interventions_pb2.AckRequest(subscriber_id="slow", cursor="3"),
             metadata=api.md(),
         )
-        wait_for(lambda: len(received) >= 8)
+        wait_for(lambda: sum(not m.heartbeat for m in received) >= 8)
         time.sleep(0.5)
-        assert [m.cursor for m in received] == [str(n) for n in range(1, 9)]
+        delivered = [m.cursor for m in received if not m.heartbeat]
+        assert delivered == [str(n) for n in range(1, 9)]
+        assert len(received) > held
         stream.cancel()
         log.close()
 
@@ -959,3 +964,95 @@ def test_an_engine_killed_with_sigkill_is_restarted_and_catches_up(
             "c1",
             "c1",
         ]
+
+
+@pytest.mark.parametrize(
+    "cursor", ["41", "9" * 30, "\u0661", "\u00b2", "-1", "1e3", " 1"]
+)
+def test_a_cursor_past_the_end_or_not_a_cursor_is_an_invalid_argument(
+    tmp_path: Path, cursor: str
+) -> None:
+    with running_api(tmp_path) as api:
+        log = api.log()
+        log.append([intervention(number) for number in range(40)], NOW_MS)
+        calls = [
+            lambda: next(
+                api.interventions.Subscribe(
+                    interventions_pb2.SubscribeRequest(
+                        subscriber_id="s", resume_after=cursor
+                    ),
+                    metadata=api.md(),
+                    timeout=10,
+                )
+            ),
+            lambda: api.interventions.Ack(
+                interventions_pb2.AckRequest(subscriber_id="s", cursor=cursor),
+                metadata=api.md(),
+            ),
+            lambda: api.interventions.ResetCursor(
+                interventions_pb2.ResetCursorRequest(subscriber_id="s", cursor=cursor),
+                metadata=api.md(),
+            ),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "cursor" in caught.value.details()
+        assert log.committed("acme", "s") is None
+        log.close()
+
+
+def test_an_outcome_the_contract_does_not_have_is_an_invalid_argument(
+    tmp_path: Path,
+) -> None:
+    with running_api(tmp_path) as api:
+        api.log().append([intervention(1)], NOW_MS)
+        code = status_of(
+            lambda: api.interventions.Ack(
+                interventions_pb2.AckRequest(
+                    subscriber_id="s",
+                    outcomes=[
+                        interventions_pb2.InterventionOutcome(
+                            intervention_id="acme-000001", outcome=9
+                        )
+                    ],
+                ),
+                metadata=api.md(),
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_stopping_server_ends_streams_with_unavailable_and_the_cursor(
+    tmp_path: Path,
+) -> None:
+    with running_api(tmp_path, heartbeat="100ms") as api:
+        api.log().append([intervention(number) for number in range(3)], NOW_MS)
+        channel = grpc.insecure_channel(api.address)
+        stream = Api(api.address, api.data, channel).interventions.Subscribe(
+            interventions_pb2.SubscribeRequest(subscriber_id="s"),
+            metadata=api.md(),
+            timeout=60,
+        )
+        assert len(read_messages(stream, 3)) == 3
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in stream:
+            pass
+    channel.close()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "resume after cursor 3" in caught.value.details()
+
+
+def test_one_data_folder_and_one_port_serve_one_server(tmp_path: Path) -> None:
+    from stream.config import load_config
+    from stream.errors import UsageError
+    from stream.server import ServeOptions, Server
+
+    with running_api(tmp_path) as api:
+        config = load_config(tmp_path / "touchstream.toml")
+        with pytest.raises(UsageError, match="uses the data folder"):
+            Server(ServeOptions(config, api.data, "127.0.0.1:0"))
+        other = ServeOptions(config, tmp_path / "other", api.address, engine=False)
+        with pytest.raises(UsageError, match="cannot listen"):
+            asyncio.run(Server(other).start())

@@ -367,14 +367,44 @@ def test_a_conflicting_repeated_id_is_refused_by_the_engine_with_its_reason(
             )
             assert ack.accepted == 1  # the ingest cannot know; the engine can
 
-        def refused() -> list[tuple[str, int, str, str]]:
+        def refused() -> list[tuple[str, str, int, str, str]]:
             log = IngestLog(api.data / INGEST_FILE)
             rows = log.db.execute(
-                "SELECT batch_id, position, code, reason FROM rejected"
+                "SELECT tenant, batch_id, position, code, reason FROM rejected"
             ).fetchall()
             log.close()
             return [tuple(row) for row in rows]
 
-        [(batch, offset, code, reason)] = wait_for(refused)
-        assert (batch, offset, code) == ("engine", 3, "conflict")
+        [(tenant, batch, offset, code, reason)] = wait_for(refused)
+        assert (tenant, batch, offset, code) == ("acme", "engine", 3, "conflict")
         assert "'same'" in reason and "offset 1" in reason
+
+
+def test_mutual_tls_without_a_server_certificate_is_refused(tmp_path: Path) -> None:
+    from stream.errors import UsageError
+
+    (tmp_path / "ca.pem").write_text("")
+    with pytest.raises(UsageError, match="tls_client_ca"):
+        with running_api(tmp_path, tls_client_ca=str(tmp_path / "ca.pem")):
+            pass
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("subscribe", "--subscriber", "s", "--limit", "0"),
+        ("publish", "x.jsonl", "--batch-events", "0"),
+        ("token", "--tenant", "", "--role", "sales", "--name", "n"),
+        ("serve", "--listen", "garbage", "--data", "{data}"),
+    ],
+)
+def test_bad_command_lines_exit_2_with_a_message(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    done = touchstream_command(
+        *(arg.format(data=tmp_path / "data") for arg in args),
+        env={"TOUCHSTREAM_TOKEN": "t"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "error:" in done.stderr

@@ -127,6 +127,14 @@ class ClockConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     allowed_skew: str = "5m"
 
 
+class CheckpointConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How often the engine of ``touchstream serve`` checkpoints its state
+    (bytewax recovery: the source offsets and every key group's table)."""
+
+    interval: str = "10s"
+    enabled: bool = True
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The gRPC server of ``touchstream serve`` (README, "Serving").
 
@@ -174,6 +182,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     risk: RiskConfig = RiskConfig()
     clock: ClockConfig = ClockConfig()
     server: ServerConfig = ServerConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     def tenant(self, name: str) -> TenantConfig:
         return self.tenants.get(name, self.tenant_defaults)
@@ -226,6 +235,7 @@ def load_config(path: Path | None) -> Config:
         ("server.keepalive", config.server.keepalive),
         ("server.shutdown_grace", config.server.shutdown_grace),
         ("server.movers_history", config.server.movers_history),
+        ("checkpoint.interval", config.checkpoint.interval),
     ] + [
         (f"silence.override[{index}].window", override.window)
         for index, override in enumerate(config.silence.override)

@@ -3,8 +3,10 @@ by the ingest log and writing into the intervention log and the customer
 store (``stream/store.py``).
 
 It runs in a process of its own, so that the gRPC server's event loop and
-the dataflow never share a GIL. On every start it reads the ingest log from
-its first event: that rebuilds the customers' state, and interventions
+the dataflow never share a GIL. Its state is checkpointed with bytewax
+recovery (``DATA/recovery``) every ``checkpoint.interval``: the ingest log
+offset and every key group's table. After a crash it resumes from the last
+checkpoint and reads the ingest log on from that offset; interventions
 decided again carry the ids they had, which the log keeps once.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,10 +29,11 @@ from typing import Any
 import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from operators.keygroup import Report
-from stream.config import health_settings, load_config, parse_duration
+from stream.config import Config, health_settings, load_config, parse_duration
 from stream.flow import build_flow, reporting
 from stream.params import ParamsBook, load_params, value_settings
 from stream.replay import ReplayOptions, actor_settings, decode_settings
@@ -46,6 +50,7 @@ from stream.store import (
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+RECOVERY_DIR = "recovery"
 
 
 @dataclass(frozen=True)
@@ -172,8 +177,8 @@ class StorePartition(StatelessSinkPartition[Report]):
         self.ingest.close()
 
 
-def build_engine(options: EngineOptions, stop: Any) -> Any:
-    """The engine's dataflow over the data folder."""
+def build_engine(options: EngineOptions, stop: Any) -> tuple[Any, Config]:
+    """The engine's dataflow over the data folder, and its configuration."""
     config = load_config(options.config_path)
     params, source = load_params(options.params_path)
     value = value_settings(params, config, options.horizon, options.config_path)
@@ -198,14 +203,31 @@ def build_engine(options: EngineOptions, stop: Any) -> Any:
     source_step = IngestLogSource(
         options.data / INGEST_FILE, config.batch_size, poll_s, stop
     )
-    return build_flow(
+    flow = build_flow(
         source_step,
         msgspec.structs.replace(decode, input_name="ingest"),
         config.key_groups,
         actor,
         options.data,
+        keep_snapshots=config.checkpoint.enabled,
         sink=StoreSink(options.data),
     )
+    return flow, config
+
+
+def recovery_config(data: Path, config: Config) -> RecoveryConfig | None:
+    """Where the engine keeps its checkpoints (made on first use), or None
+    when checkpoints are off: then every start reads the whole ingest log."""
+    if not config.checkpoint.enabled:
+        return None
+    folder = data / RECOVERY_DIR
+    if not folder.exists():
+        scratch = data / f"{RECOVERY_DIR}.new"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+        init_db_dir(scratch, 1)  # type: ignore[no-untyped-call]
+        scratch.rename(folder)  # whole or not at all, even if killed here
+    return RecoveryConfig(str(folder))  # type: ignore[no-untyped-call]
 
 
 def engine_main(options: EngineOptions) -> None:
@@ -226,9 +248,20 @@ def engine_main(options: EngineOptions) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    flow = build_engine(options, stop)
-    log.info("Engine: started data=%s", options.data)
-    cli_main(flow, epoch_interval=timedelta(seconds=1))  # type: ignore[no-untyped-call]
+    flow, config = build_engine(options, stop)
+    recovery = recovery_config(options.data, config)
+    interval_ms = parse_duration(config.checkpoint.interval)
+    log.info(
+        "Engine: started data=%s checkpoints=%s interval_ms=%d",
+        options.data,
+        "on" if recovery is not None else "off",
+        interval_ms,
+    )
+    cli_main(  # type: ignore[no-untyped-call]
+        flow,
+        epoch_interval=timedelta(milliseconds=interval_ms),
+        recovery_config=recovery,
+    )
     log.info("Engine: stopped data=%s", options.data)
 
 

@@ -101,6 +101,31 @@ def add_commands(
     )
     _add_connection(subscribe)
 
+    engine = commands.add_parser(
+        "engine",
+        help="run the engine alone: Redis ingest partitions in, Redis out",
+        description=(
+            "Run the engine without the gRPC server: on the Redis ingest "
+            "partitions of the configuration's [redis] section (or, without "
+            "one, the ingest log in --data), with checkpoints in --data. With "
+            "--until-drained it runs on the replay clock (event time only) and "
+            "stops once every partition has been read to its end, so that a "
+            "run has an end state; otherwise it follows the partitions on the "
+            "live clock until SIGINT or SIGTERM."
+        ),
+    )
+    add_log_level(engine)
+    engine.add_argument("--config", type=Path, metavar="FILE", help="TOML settings")
+    engine.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help=f"checkpoints (and the embedded logs) (default ./{DEFAULT_DATA})",
+    )
+    engine.add_argument("--until-drained", action="store_true")
+    engine.add_argument("--params", type=Path, metavar="FILE")
+    engine.add_argument("--horizon", metavar="DURATION")
+
     token = commands.add_parser(
         "token",
         help="make a token and the tokens-file entry that admits it",
@@ -121,6 +146,7 @@ def add_commands(
         "publish": _publish,
         "subscribe": _subscribe,
         "token": _token,
+        "engine": _engine,
     }
 
 
@@ -251,5 +277,31 @@ def _token(args: argparse.Namespace) -> int:
         f'sha256 = "{token_digest(token)}"\n'
         f'tenant = "{args.tenant}"\n'
         f'role = "{args.role}"'
+    )
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from stream.engine import EngineOptions, engine_main
+
+    config = load_config(args.config)
+    params, _ = load_params(args.params)
+    value_settings(params, config, args.horizon, args.config)
+    data = args.data or DEFAULT_DATA
+    if data.exists() and not data.is_dir():
+        msg = f"--data {data} is a file; expected a folder (made if missing)"
+        raise UsageError(msg)
+    data.mkdir(parents=True, exist_ok=True)
+    engine_main(
+        EngineOptions(
+            data,
+            args.config,
+            args.params,
+            args.horizon,
+            args.log_level.upper(),
+            clock="event" if args.until_drained else "live",
+            drain=args.until_drained,
+            supervised=False,
+        )
     )
     return 0

@@ -127,6 +127,14 @@ class ClockConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     allowed_skew: str = "5m"
 
 
+class RedisConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Redis mode (README, "Redis mode"): set `url` to use it."""
+
+    url: str | None = None
+    prefix: Name = "touchstream"
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+
+
 class CheckpointConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """How often the engine of ``touchstream serve`` checkpoints its state
     (bytewax recovery: the source offsets and every key group's table)."""
@@ -183,6 +191,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     clock: ClockConfig = ClockConfig()
     server: ServerConfig = ServerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    redis: RedisConfig = RedisConfig()
 
     def tenant(self, name: str) -> TenantConfig:
         return self.tenants.get(name, self.tenant_defaults)

@@ -56,13 +56,22 @@ RECOVERY_DIR = "recovery"
 @dataclass(frozen=True)
 class EngineOptions:
     """What the engine process needs: plain paths, so that a fresh
-    interpreter can build everything from them."""
+    interpreter can build everything from them.
+
+    In Redis mode (``redis.url`` set) it reads the ingest partitions and
+    writes to Redis; `data` then holds its checkpoints only. `clock` is
+    ``live`` (the server's) or ``event`` (the replay clock); `drain` ends
+    the run once every partition has been read to its end.
+    """
 
     data: Path
     config_path: Path | None = None
     params_path: Path | None = None
     horizon: str | None = None
     log_level: str = "INFO"
+    clock: str = "live"
+    drain: bool = False
+    supervised: bool = True
 
 
 def now_ms() -> int:
@@ -178,10 +187,11 @@ class StorePartition(StatelessSinkPartition[Report]):
 
 
 def build_engine(options: EngineOptions, stop: Any) -> tuple[Any, Config]:
-    """The engine's dataflow over the data folder, and its configuration."""
+    """The engine's dataflow, and its configuration."""
     config = load_config(options.config_path)
     params, source = load_params(options.params_path)
     value = value_settings(params, config, options.horizon, options.config_path)
+    live = options.clock == "live"
     replay = ReplayOptions(
         input=options.data / INGEST_FILE,
         format="jsonl",
@@ -190,27 +200,44 @@ def build_engine(options: EngineOptions, stop: Any) -> tuple[Any, Config]:
         value=value,
         value_source=source,
         health=health_settings(config),
-        follow=True,
+        follow=live,
     )
-    decode = decode_settings(replay)
-    actor = msgspec.structs.replace(
-        actor_settings(replay, partitions=1),
-        position_name="offset",
-        publish_customers=True,
-        value_source=ParamsBook(options.params_path, value),
-    )
+    decode = msgspec.structs.replace(decode_settings(replay), input_name="ingest")
     poll_s = parse_duration(config.server.poll_interval) / 1000
-    source_step = IngestLogSource(
-        options.data / INGEST_FILE, config.batch_size, poll_s, stop
+    redis_url = config.redis.url
+    source_step: FixedPartitionedSource[RawBatch, Any]
+    sink: DynamicSink[Report]
+    if redis_url is None:
+        source_step = IngestLogSource(
+            options.data / INGEST_FILE, config.batch_size, poll_s, stop
+        )
+        sink = StoreSink(options.data)
+        partitions = 1
+    else:
+        from stream.redis_io import RedisIngestSource, RedisSettings, RedisSink
+
+        settings = RedisSettings(
+            redis_url, config.redis.prefix, config.redis.partitions
+        )
+        source_step = RedisIngestSource(
+            settings, config.batch_size, poll_s, drain=options.drain, stop=stop
+        )
+        sink = RedisSink(settings)
+        partitions = settings.partitions
+    actor = msgspec.structs.replace(
+        actor_settings(replay, partitions=partitions),
+        position_name="offset" if redis_url is None else "position",
+        publish_customers=live,
+        value_source=ParamsBook(options.params_path, value),
     )
     flow = build_flow(
         source_step,
-        msgspec.structs.replace(decode, input_name="ingest"),
+        decode,
         config.key_groups,
         actor,
         options.data,
         keep_snapshots=config.checkpoint.enabled,
-        sink=StoreSink(options.data),
+        sink=sink,
     )
     return flow, config
 
@@ -238,7 +265,7 @@ def engine_main(options: EngineOptions) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    if sys.platform == "linux":
+    if options.supervised and sys.platform == "linux":
         # Die with the server, even on SIGKILL, rather than run on orphaned.
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     stop = threading.Event()

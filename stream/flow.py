@@ -229,7 +229,7 @@ def rejected_entry(
 
 
 def build_flow(
-    source: FixedPartitionedSource[RawBatch, int],
+    source: FixedPartitionedSource[RawBatch, Any],
     decode: DecodeSettings,
     key_groups: int,
     actor: KeyGroupSettings,

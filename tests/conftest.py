@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
+
+from tests.redis_support import RedisServer
 
 
 @pytest.fixture(
@@ -18,3 +21,14 @@ def table_module(request: pytest.FixtureRequest) -> ModuleType:
     a missing build fails here instead of silently testing the twin twice.
     """
     return importlib.import_module(request.param)
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, on a free port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

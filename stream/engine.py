@@ -222,7 +222,7 @@ def build_engine(options: EngineOptions, stop: Any) -> tuple[Any, Config]:
         source_step = RedisIngestSource(
             settings, config.batch_size, poll_s, drain=options.drain, stop=stop
         )
-        sink = RedisSink(settings)
+        sink = RedisSink(settings, live)
         partitions = settings.partitions
     actor = msgspec.structs.replace(
         actor_settings(replay, partitions=partitions),

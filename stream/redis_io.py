@@ -45,6 +45,7 @@ from operators.keygroup import Counts, Report
 from state.routing import key_group
 from stream.flow import reporting
 from stream.sources import RawBatch, RawRecord
+from stream.store import HOUR_MS
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,21 @@ def retrying(what: str, call: Callable[[], T]) -> T:
         return result
 
 
+def history_key(settings: RedisSettings, tenant: str, customer_id: str) -> str:
+    return f"{settings.prefix}:clv-history:{tenant}:{customer_id}"
+
+
+def add_history(
+    pipe: Any, settings: RedisSettings, record: dict[str, Any], at_ms: int
+) -> None:
+    """Note a customer's CLV: one point an hour, the last of that hour."""
+    key = history_key(settings, record["tenant"], record["customer_id"])
+    hour_start = at_ms - at_ms % HOUR_MS
+    pipe.zremrangebyscore(key, hour_start, hour_start + HOUR_MS - 1)
+    point = orjson.dumps([at_ms, record.get("clv"), record.get("value_band")])
+    pipe.zadd(key, {point: at_ms})
+
+
 class RedisIngestSource(FixedPartitionedSource[RawBatch, str]):
     """The ingest partitions; with `drain`, each ends once it has nothing
     more to read (the replay clock's end of input), otherwise once `stop`
@@ -169,7 +185,7 @@ class RedisIngestPartition(StatefulSourcePartition[RawBatch, str]):
         self.index = index
         self.key = source.settings.ingest_key(index)
         self.after = after
-        self.client = source.settings.client()
+        self.client: Any = source.settings.client()
         self._idle = False
         self._ended = False
 
@@ -179,7 +195,7 @@ class RedisIngestPartition(StatefulSourcePartition[RawBatch, str]):
         stopping = self.source.stop is not None and self.source.stop.is_set()
         entries: list[tuple[bytes, dict[bytes, bytes]]] = retrying(
             f"read {self.key}",
-            lambda: self.client.xrange(  # type: ignore[arg-type,return-value]
+            lambda: self.client.xrange(
                 self.key, min=f"({self.after}", count=self.source.batch_size
             ),
         )
@@ -209,21 +225,25 @@ class RedisIngestPartition(StatefulSourcePartition[RawBatch, str]):
 
 
 class RedisSink(DynamicSink[Report]):
-    """Writes the engine's reports into Redis."""
+    """Writes the engine's reports into Redis; on the live clock, customer
+    records also go into their CLV history, for TopMovers."""
 
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, live: bool) -> None:
         self.settings = settings
+        self.live = live
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> RedisSinkPartition:
-        return RedisSinkPartition(self.settings)
+        return RedisSinkPartition(self.settings, self.live)
 
 
 class RedisSinkPartition(StatelessSinkPartition[Report]):
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, live: bool) -> None:
         self.settings = settings
-        self.client = settings.client()
+        self.live = live
+        # redis-py types its replies loosely (bytes | str | None); they are bytes.
+        self.client: Any = settings.client()
         self.append_once = self.client.register_script(_APPEND_ONCE)
         self.counts = Counts()
 
@@ -235,6 +255,7 @@ class RedisSinkPartition(StatelessSinkPartition[Report]):
         # Every write is idempotent, so a batch written again after a
         # failure (or replayed after a crash) changes nothing twice.
         settings = self.settings
+        at_ms = time.time_ns() // 1_000_000
         pipe = self.client.pipeline(transaction=False)
         for report in items:
             for intervention in report.interventions:
@@ -253,6 +274,8 @@ class RedisSinkPartition(StatelessSinkPartition[Report]):
                 )
             for record, lineage in zip(report.customers, report.lineage, strict=True):
                 tenant, customer_id = record["tenant"], record["customer_id"]
+                if self.live:
+                    add_history(pipe, settings, record, at_ms)
                 pipe.hset(
                     settings.customers_key(tenant), customer_id, orjson.dumps(record)
                 )

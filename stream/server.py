@@ -88,7 +88,8 @@ SERVICE_NAMES = (
     customers_pb2.DESCRIPTOR.services_by_name["Customers"].full_name,
 )
 MAX_ID_CHARS = 128
-MAX_CURSOR_DIGITS = 18  # below 2**63, SQLite's largest integer
+MAX_CURSOR_DIGITS = 19
+MAX_CURSOR = 2**63 - 1  # SQLite's largest integer
 MAX_MOVERS = 1_000
 DEFAULT_MOVERS = 20
 ADMIN_TOKEN_FILE = "admin.token"
@@ -145,17 +146,19 @@ class Limits:
 
 
 class Stores:
-    """The data folder's SQLite files, used from threads: one writer thread,
-    a few reader threads, each with connections of its own."""
+    """The logs (the data folder's SQLite files, or Redis), used from
+    threads: one writer thread, a few reader threads, each with connections
+    of its own. The Redis classes answer the same calls (stream/redis_store)."""
 
     READERS = 4
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, config: Config | None = None) -> None:
         self.data = data
+        self.config = config or Config()
         self._local = threading.local()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(
-            self.READERS, thread_name_prefix="sqlite-reader"
+            self.READERS, thread_name_prefix="store-reader"
         )
         self._opened: list[Any] = []
         self._lock = threading.Lock()
@@ -163,15 +166,34 @@ class Stores:
     def _open(self) -> tuple[IngestLog, InterventionLog, CustomerStore]:
         stores = getattr(self._local, "stores", None)
         if stores is None:
-            stores = (
-                IngestLog(self.data / INGEST_FILE),
-                InterventionLog(self.data / INTERVENTIONS_FILE),
-                CustomerStore(self.data / CUSTOMERS_FILE),
-            )
+            stores = self._connect()
             self._local.stores = stores
             with self._lock:
                 self._opened.extend(stores)
         return stores
+
+    def _connect(self) -> tuple[Any, Any, Any]:
+        url = self.config.redis.url
+        if url is None:
+            return (
+                IngestLog(self.data / INGEST_FILE),
+                InterventionLog(self.data / INTERVENTIONS_FILE),
+                CustomerStore(self.data / CUSTOMERS_FILE),
+            )
+        from stream.redis_io import RedisSettings
+        from stream.redis_store import (
+            RedisCustomerStore,
+            RedisIngestLog,
+            RedisInterventionLog,
+        )
+
+        redis = self.config.redis
+        settings = RedisSettings(url, redis.prefix, redis.partitions)
+        return (
+            RedisIngestLog(settings, self.config.key_groups),
+            RedisInterventionLog(settings),
+            RedisCustomerStore(settings),
+        )
 
     async def write(
         self, work: Callable[[IngestLog, InterventionLog, CustomerStore], T]
@@ -481,7 +503,8 @@ def _cursor(text: str, field_name: str) -> int | None:
     """A cursor as given in a request: empty, or the decimal digits of one."""
     if not text:
         return None
-    if not (text.isascii() and text.isdigit()) or len(text) > MAX_CURSOR_DIGITS:
+    plain = text.isascii() and text.isdigit() and len(text) <= MAX_CURSOR_DIGITS
+    if not plain or int(text) > MAX_CURSOR:
         msg = (
             f"expected `{field_name}` to be a cursor from a message (decimal "
             f"digits) - got {text[:40]!r}"
@@ -560,7 +583,7 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
                 )
             )
         else:
-            await self._check_not_past_end(cursor, "resume_after", context)
+            await self._check_not_past_end(tenant, cursor, "resume_after", context)
         limits = self.limits
         page = limits.server.page_size
         in_flight = _InFlight()
@@ -643,9 +666,13 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
             await _sleep_or(self.stopping, self.limits.poll_s)
 
     async def _check_not_past_end(
-        self, cursor: int, field_name: str, context: grpc.aio.ServicerContext
+        self,
+        tenant: str,
+        cursor: int,
+        field_name: str,
+        context: grpc.aio.ServicerContext,
     ) -> None:
-        latest = await self.stores.read(lambda _, log_, __: log_.latest_cursor())
+        latest = await self.stores.read(lambda _, log_, __: log_.latest_cursor(tenant))
         if cursor > latest:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -663,7 +690,7 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
         except ValueError as ex:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
         if cursor is not None:
-            await self._check_not_past_end(cursor, "cursor", context)
+            await self._check_not_past_end(identity.tenant, cursor, "cursor", context)
         outcomes = []
         known = set(interventions_pb2.Outcome.values())
         for item in request.outcomes:
@@ -717,11 +744,11 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
         except ValueError as ex:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
         if cursor is not None:
-            await self._check_not_past_end(cursor, "cursor", context)
+            await self._check_not_past_end(identity.tenant, cursor, "cursor", context)
         tenant, subscriber = identity.tenant, request.subscriber_id
 
         def reset(log_: InterventionLog) -> int:
-            target = log_.trimmed_through() if cursor is None else cursor
+            target = log_.trimmed_through(tenant) if cursor is None else cursor
             return log_.commit(tenant, subscriber, target, now_ms(), reset=True)
 
         committed = await self.stores.write(lambda _, log_, __: reset(log_))
@@ -768,8 +795,8 @@ def _start_cursor(
     if committed is not None:
         return committed
     if from_latest:
-        return log_.latest_cursor()
-    return log_.trimmed_through()
+        return log_.latest_cursor(tenant)
+    return log_.trimmed_through(tenant)
 
 
 async def _check_subscriber(subscriber: str, context: grpc.aio.ServicerContext) -> None:
@@ -968,14 +995,15 @@ class Server:
             raise
         if not len(self.tokens):
             log.warning("Serve: the tokens file admits no one; every call will fail")
-        self.stores = Stores(options.data)
-        # The files exist before the engine or a call opens them.
-        for store in (
-            IngestLog(options.data / INGEST_FILE),
-            InterventionLog(options.data / INTERVENTIONS_FILE),
-            CustomerStore(options.data / CUSTOMERS_FILE),
-        ):
-            store.close()
+        self.stores = Stores(options.data, options.config)
+        if options.config.redis.url is None:
+            # The files exist before the engine or a call opens them.
+            for store in (
+                IngestLog(options.data / INGEST_FILE),
+                InterventionLog(options.data / INTERVENTIONS_FILE),
+                CustomerStore(options.data / CUSTOMERS_FILE),
+            ):
+                store.close()
         self.stopping = asyncio.Event()
         self.health = health.aio.HealthServicer()
         self.port = 0

@@ -252,11 +252,12 @@ class InterventionLog:
 
     # Reading (the subscriptions).
 
-    def trimmed_through(self) -> int:
+    def trimmed_through(self, tenant: str = "") -> int:
+        """The last cursor trimmed (one log for every tenant here)."""
         row = self.db.execute("SELECT through FROM trimmed").fetchone()
         return 0 if row is None else int(row[0])
 
-    def latest_cursor(self) -> int:
+    def latest_cursor(self, tenant: str = "") -> int:
         row = self.db.execute("SELECT MAX(cursor) FROM log").fetchone()
         return max(int(row[0] or 0), self.trimmed_through())
 

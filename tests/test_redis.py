@@ -168,3 +168,146 @@ def test_a_redis_restart_mid_run_loses_nothing(
     customers, ids = state(redis_server, "bumpy")
     assert customers == expected[0]
     assert sorted(ids) == sorted(expected[1])
+
+
+def redis_extra(server: RedisServer, prefix: str = "api") -> str:
+    return (
+        f'[redis]\nurl = "{server.url}"\nprefix = "{prefix}"\n'
+        'partitions = 2\n[checkpoint]\ninterval = "300ms"\n'
+    )
+
+
+def _inbound(number: int, customer: str) -> dict[str, Any]:
+    return {
+        "event_id": f"e{number}",
+        "tenant": "acme",
+        "customer_id": customer,
+        "source": "wecom",
+        "channel": "wechat",
+        "kind": "message",
+        "direction": "inbound",
+        "ts": int(time.time() * 1000),
+    }
+
+
+def _publish(api: Any, rows: list[dict[str, Any]]) -> Any:
+    from touchstream.v1 import ingest_pb2
+
+    batch = ingest_pb2.EventBatch(
+        json_lines=b"\n".join(orjson.dumps(row) for row in rows)
+    )
+    return api.ingest.PublishBatch(batch, metadata=api.md())
+
+
+def _subscribe(api: Any, subscriber: str, count: int, **fields: Any) -> list[Any]:
+    from touchstream.v1 import interventions_pb2
+
+    stream = api.interventions.Subscribe(
+        interventions_pb2.SubscribeRequest(subscriber_id=subscriber, **fields),
+        metadata=api.md(),
+        timeout=60,
+    )
+    got = []
+    for message in stream:
+        if not message.heartbeat:
+            got.append(message)
+        if len(got) == count:
+            break
+    stream.cancel()
+    return got
+
+
+def test_the_server_in_redis_mode_ingests_decides_and_resumes_subscribers(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from touchstream.v1 import customers_pb2, interventions_pb2
+
+    from tests.api_support import running_api
+
+    extra = redis_extra(redis_server)
+    with running_api(tmp_path, engine=True, extra=extra, heartbeat="100ms") as api:
+        ack = _publish(api, [_inbound(n, f"c{n % 3}") for n in range(6)])
+        assert (ack.accepted, list(ack.rejected)) == (6, [])
+        first = _subscribe(api, "crm", 2)
+        api.interventions.Ack(
+            interventions_pb2.AckRequest(subscriber_id="crm", cursor=first[-1].cursor),
+            metadata=api.md(),
+        )
+        record = api.customers.Get(
+            customers_pb2.GetCustomerRequest(customer_id="c1"), metadata=api.md()
+        )
+        assert record.last_inbound_channel == "wechat"
+        # While the subscriber is away, more customers fall silent.
+        _publish(api, [_inbound(n, f"d{n}") for n in range(10, 12)])
+        time.sleep(3)
+    client = redis_server.client()
+    assert client.hget("api:cursors:acme", "crm") is not None
+    logged = [
+        fields[b"id"].decode() for _, fields in client.xrange("api:interventions:acme")
+    ]
+    client.close()
+    assert len(logged) == 10 and len(set(logged)) == 10  # 5 customers x 2 actions
+
+    # A new server on the same Redis: the committed cursor is where it was.
+    with running_api(tmp_path / "again", engine=True, extra=extra) as api:
+        rest = _subscribe(api, "crm", 8)
+    ids = [m.intervention.intervention_id for m in first + rest]
+    assert ids == logged
+    cursors = [int(m.cursor) for m in first + rest]
+    assert cursors == sorted(cursors)
+
+
+def test_redis_retention_trims_by_age_and_expired_cursors_are_out_of_range(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    import grpc
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+    from touchstream.v1 import interventions_pb2
+
+    from stream.redis_io import RedisSettings, position_of
+    from tests.api_support import intervention, running_api, wait_for
+
+    client = redis_server.client()
+    settings = RedisSettings(redis_server.url, "api", 2)
+    old_ms = int(time.time() * 1000) - 60_000
+    for number in range(3):
+        item = intervention(number)
+        client.xadd(
+            settings.interventions_key("acme"),
+            {
+                "id": item["intervention_id"],
+                "rule": item["rule"],
+                "action": item["action"],
+                "priority": item["priority"],
+                "segment": item["segment"] or "",
+                "body": orjson.dumps(item),
+            },
+            id=f"{old_ms + number}-0",
+        )
+    fresh = client.xadd(
+        settings.interventions_key("acme"),
+        {
+            "id": "fresh",
+            "rule": "r",
+            "action": "care_task",
+            "priority": 5,
+            "segment": "",
+            "body": orjson.dumps(intervention(9, intervention_id="fresh")),
+        },
+    )
+    with running_api(tmp_path, extra=redis_extra(redis_server), retention="10s") as api:
+        wait_for(lambda: client.xlen(settings.interventions_key("acme")) == 1)
+        with pytest.raises(grpc.RpcError) as caught:
+            _subscribe(api, "late", 1, resume_after=str(position_of(f"{old_ms}-0")))
+        assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        status = rpc_status.from_call(caught.value)
+        assert status is not None
+        info = error_details_pb2.ErrorInfo()
+        status.details[0].Unpack(info)
+        earliest = info.metadata["earliest_cursor"]
+        assert earliest == str(position_of(f"{old_ms + 2}-0"))
+        [only] = _subscribe(api, "late", 1, resume_after=earliest)
+        assert only.cursor == str(position_of(fresh))
+        del interventions_pb2
+    client.close()

@@ -27,7 +27,7 @@ from stream.redis_io import (
     retrying,
     stream_id_of,
 )
-from stream.store import OUTCOMES, CursorExpired, LogEntry
+from stream.store import OUTCOMES, CursorExpired, LogEntry, SubscriberLag
 
 _SPAN = 1_000_000
 _WIDTH = 19
@@ -171,6 +171,34 @@ class RedisInterventionLog:
             self.settings.interventions_key(tenant), min=entry_id, max=entry_id
         )
         return rows[0][1][b"rule"].decode() if rows else None
+
+    def lags(self, tenant: str, cap: int) -> list[SubscriberLag]:
+        latest = self.latest_cursor(tenant)
+        key = self.settings.interventions_key(tenant)
+        raw = self.client.hgetall(self._key("cursors", tenant))
+        lags = []
+        for subscriber, value in sorted(raw.items()):
+            committed = int(value)
+            after = self.client.xrange(
+                key, min=f"({stream_id_of(committed)}", count=cap + 1
+            )
+            seconds = 0.0
+            if after:
+                last = self.client.xrevrange(key, count=1)
+                seconds = (position_of(last[0][0]) - position_of(after[0][0])) / (
+                    _SPAN * 1000
+                )
+            lags.append(
+                SubscriberLag(
+                    subscriber.decode(),
+                    committed,
+                    latest,
+                    min(len(after), cap),
+                    len(after) > cap,
+                    seconds,
+                )
+            )
+        return lags
 
     def committed(self, tenant: str, subscriber_id: str) -> int | None:
         value = self.client.hget(self._key("cursors", tenant), subscriber_id)

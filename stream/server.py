@@ -95,6 +95,7 @@ DEFAULT_MOVERS = 20
 ADMIN_TOKEN_FILE = "admin.token"
 # The health service name that tells whether the engine process runs.
 ENGINE_HEALTH = "touchstream.engine"
+REDIS_HEALTH = "touchstream.redis"
 TOKENS_FILE = "tokens.toml"
 LOCK_FILE = "serve.lock"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -199,13 +200,22 @@ class Stores:
         self, work: Callable[[IngestLog, InterventionLog, CustomerStore], T]
     ) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, lambda: work(*self._open()))
+        return await loop.run_in_executor(self._writer, lambda: self._run(work))
 
     async def read(
         self, work: Callable[[IngestLog, InterventionLog, CustomerStore], T]
     ) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: work(*self._open()))
+        return await loop.run_in_executor(self._readers, lambda: self._run(work))
+
+    def _run(self, work: Callable[[IngestLog, InterventionLog, CustomerStore], T]) -> T:
+        if self.config.redis.url is None:
+            return work(*self._open())
+        from stream.redis_io import retrying
+
+        # An unreachable Redis is waited for: a call in progress takes
+        # longer, none fails for it (health says so meanwhile).
+        return retrying("serve", lambda: work(*self._open()))
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
@@ -761,6 +771,27 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
         )
         return interventions_pb2.ResetCursorResponse(committed_cursor=str(committed))
 
+    async def Lag(
+        self, request: interventions_pb2.LagRequest, context: grpc.aio.ServicerContext
+    ) -> interventions_pb2.LagResponse:
+        identity = await self.gate.identify(context)
+        lags = await self.stores.read(
+            lambda _, log_, __: log_.lags(identity.tenant, LAG_CAP)
+        )
+        return interventions_pb2.LagResponse(
+            subscribers=[
+                interventions_pb2.SubscriberLag(
+                    subscriber_id=lag.subscriber_id,
+                    committed_cursor=str(lag.committed),
+                    latest_cursor=str(lag.latest),
+                    entries_behind=lag.entries_behind,
+                    at_least=lag.at_least,
+                    seconds_behind=lag.seconds_behind,
+                )
+                for lag in lags
+            ]
+        )
+
     async def OutcomeCounts(
         self,
         request: interventions_pb2.OutcomeCountsRequest,
@@ -786,6 +817,9 @@ def _read_page(
     __: CustomerStore,
 ) -> tuple[list[LogEntry], int]:
     return read(log_, after)
+
+
+LAG_CAP = 100_000
 
 
 def _start_cursor(
@@ -1082,6 +1116,12 @@ class Server:
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [asyncio.create_task(self._trim_forever())]
+        if self.options.config.redis.url is not None:
+            # Until the first look, within a second.
+            await self.health.set(
+                REDIS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            self._tasks.append(asyncio.create_task(self._watch_redis()))
         if self.options.engine:
             self._engine = start_engine(self._engine_options())
             await self.health.set(ENGINE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
@@ -1128,6 +1168,41 @@ class Server:
         self.stores.close()
         self._lock.close()
         log.info("Serve: stopped")
+
+    async def _watch_redis(self) -> None:
+        """In Redis mode, the health of `touchstream.redis` says whether
+        Redis answers (looked at every second)."""
+        import redis
+
+        url = self.options.config.redis.url
+        assert url is not None
+        client = redis.Redis.from_url(
+            url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        serving = health_pb2.HealthCheckResponse.SERVING
+        up: bool | None = None
+        loop = asyncio.get_running_loop()
+        while not self.stopping.is_set():
+            try:
+                await loop.run_in_executor(None, client.ping)
+                now_up = True
+            except (redis.ConnectionError, redis.TimeoutError):
+                now_up = False
+            if now_up != up:
+                if up is not None:
+                    log.log(
+                        logging.INFO if now_up else logging.WARNING,
+                        "Redis: %s url=%s",
+                        "reachable again" if now_up else "unreachable",
+                        url.split("@")[-1],
+                    )
+                status = (
+                    serving if now_up else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                await self.health.set(REDIS_HEALTH, status)
+                up = now_up
+            await _sleep_or(self.stopping, 1.0)
+        client.close()
 
     async def _supervise_engine(self) -> None:
         """Keep the engine running: one that exits before the server stops

@@ -150,6 +150,18 @@ class LogEntry:
     body: bytes
 
 
+@dataclass(frozen=True)
+class SubscriberLag:
+    """A subscriber's committed cursor against the end of its log."""
+
+    subscriber_id: str
+    committed: int
+    latest: int
+    entries_behind: int
+    at_least: bool
+    seconds_behind: float
+
+
 class CursorExpired(Exception):
     """A cursor whose next entries were trimmed by the retention period."""
 
@@ -333,6 +345,46 @@ class InterventionLog:
         committed = self.committed(tenant, subscriber_id)
         assert committed is not None
         return committed
+
+    def lags(self, tenant: str, cap: int) -> list[SubscriberLag]:
+        """How far behind the end of the tenant's log each subscriber is."""
+        db = self.db
+        last = db.execute(
+            "SELECT cursor, appended_ms FROM log WHERE tenant = ? "
+            "ORDER BY cursor DESC LIMIT 1",
+            (tenant,),
+        ).fetchone()
+        latest = self.latest_cursor(tenant)
+        lags = []
+        for subscriber, committed in db.execute(
+            "SELECT subscriber_id, cursor FROM cursors WHERE tenant = ? "
+            "ORDER BY subscriber_id",
+            (tenant,),
+        ).fetchall():
+            behind = db.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM log WHERE tenant = ? "
+                "AND cursor > ? LIMIT ?)",
+                (tenant, committed, cap + 1),
+            ).fetchone()[0]
+            seconds = 0.0
+            if behind and last is not None:
+                seen = db.execute(
+                    "SELECT appended_ms FROM log WHERE tenant = ? AND cursor > ? "
+                    "ORDER BY cursor LIMIT 1",
+                    (tenant, committed),
+                ).fetchone()
+                seconds = (last[1] - seen[0]) / 1000
+            lags.append(
+                SubscriberLag(
+                    subscriber,
+                    committed,
+                    latest,
+                    min(behind, cap),
+                    behind > cap,
+                    seconds,
+                )
+            )
+        return lags
 
     def record_outcome(
         self,

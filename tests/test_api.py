@@ -1090,3 +1090,24 @@ def test_an_engine_killed_mid_stream_resumes_from_its_checkpoint_exactly_once(
         assert [inbound_count(f"c{n}") for n in range(4)] == [20, 20, 20, 10]
         assert record("c3")["evaluated_at"] == untouched_at  # type: ignore[index]
         store.close()
+
+
+def test_lag_shows_how_far_each_subscriber_is_behind(tmp_path: Path) -> None:
+    with running_api(tmp_path) as api:
+        log = api.log()
+        log.append([intervention(number) for number in range(5)], NOW_MS)
+        log.append([intervention(number) for number in range(5, 8)], NOW_MS + 4_000)
+        for subscriber, cursor in (("ahead", "8"), ("behind", "3")):
+            api.interventions.Ack(
+                interventions_pb2.AckRequest(subscriber_id=subscriber, cursor=cursor),
+                metadata=api.md(),
+            )
+        lags = api.interventions.Lag(
+            interventions_pb2.LagRequest(), metadata=api.md()
+        ).subscribers
+        assert [
+            (lag.subscriber_id, lag.committed_cursor, lag.entries_behind)
+            for lag in lags
+        ] == [("ahead", "8", 0), ("behind", "3", 5)]
+        assert lags[1].seconds_behind == 4.0 and lags[0].seconds_behind == 0.0
+        log.close()

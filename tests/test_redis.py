@@ -311,3 +311,40 @@ def test_redis_retention_trims_by_age_and_expired_cursors_are_out_of_range(
         assert only.cursor == str(position_of(fresh))
         del interventions_pb2
     client.close()
+
+
+def test_the_api_waits_for_an_unreachable_redis_and_says_so_in_health(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    import threading
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.api_support import running_api, wait_for
+
+    with running_api(tmp_path, extra=redis_extra(redis_server)) as api:
+        health = health_pb2_grpc.HealthStub(api.channel)
+        request = health_pb2.HealthCheckRequest(service="touchstream.redis")
+        serving = health_pb2.HealthCheckResponse.SERVING
+        wait_for(lambda: health.Check(request).status == serving)
+        redis_server.stop()
+        wait_for(lambda: health.Check(request).status != serving)
+        acks: list[Any] = []
+        publisher = threading.Thread(
+            target=lambda: acks.append(_publish(api, [_inbound(1, "c1")]))
+        )
+        publisher.start()
+        time.sleep(1.5)
+        assert acks == []  # held while Redis is away, not refused
+        redis_server.start()
+        publisher.join(timeout=60)
+        assert acks[0].accepted == 1
+        wait_for(lambda: health.Check(request).status == serving)
+    client = redis_server.client()
+    stored = [
+        orjson.loads(fields[b"event"])["event_id"]
+        for part in range(2)
+        for _, fields in client.xrange(f"api:ingest:{part}")
+    ]
+    client.close()
+    assert stored == ["e1"]

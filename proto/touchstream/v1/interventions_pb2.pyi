@@ -160,3 +160,29 @@ class OutcomeCountsResponse(_message.Message):
     RULES_FIELD_NUMBER: _ClassVar[int]
     rules: _containers.RepeatedCompositeFieldContainer[RuleOutcomes]
     def __init__(self, rules: _Optional[_Iterable[_Union[RuleOutcomes, _Mapping]]] = ...) -> None: ...
+
+class LagRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SubscriberLag(_message.Message):
+    __slots__ = ("subscriber_id", "committed_cursor", "latest_cursor", "entries_behind", "at_least", "seconds_behind")
+    SUBSCRIBER_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LATEST_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_BEHIND_FIELD_NUMBER: _ClassVar[int]
+    AT_LEAST_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_BEHIND_FIELD_NUMBER: _ClassVar[int]
+    subscriber_id: str
+    committed_cursor: str
+    latest_cursor: str
+    entries_behind: int
+    at_least: bool
+    seconds_behind: float
+    def __init__(self, subscriber_id: _Optional[str] = ..., committed_cursor: _Optional[str] = ..., latest_cursor: _Optional[str] = ..., entries_behind: _Optional[int] = ..., at_least: _Optional[bool] = ..., seconds_behind: _Optional[float] = ...) -> None: ...
+
+class LagResponse(_message.Message):
+    __slots__ = ("subscribers",)
+    SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    subscribers: _containers.RepeatedCompositeFieldContainer[SubscriberLag]
+    def __init__(self, subscribers: _Optional[_Iterable[_Union[SubscriberLag, _Mapping]]] = ...) -> None: ...

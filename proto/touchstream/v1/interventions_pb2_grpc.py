@@ -54,6 +54,11 @@ class InterventionsStub:
                 request_serializer=touchstream_dot_v1_dot_interventions__pb2.OutcomeCountsRequest.SerializeToString,
                 response_deserializer=touchstream_dot_v1_dot_interventions__pb2.OutcomeCountsResponse.FromString,
                 _registered_method=True)
+        self.Lag = channel.unary_unary(
+                '/touchstream.v1.Interventions/Lag',
+                request_serializer=touchstream_dot_v1_dot_interventions__pb2.LagRequest.SerializeToString,
+                response_deserializer=touchstream_dot_v1_dot_interventions__pb2.LagResponse.FromString,
+                _registered_method=True)
 
 
 class InterventionsServicer:
@@ -90,6 +95,13 @@ class InterventionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lag(self, request, context):
+        """How far each subscriber of the tenant is behind the end of its log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InterventionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +124,11 @@ def add_InterventionsServicer_to_server(servicer, server):
                     servicer.OutcomeCounts,
                     request_deserializer=touchstream_dot_v1_dot_interventions__pb2.OutcomeCountsRequest.FromString,
                     response_serializer=touchstream_dot_v1_dot_interventions__pb2.OutcomeCountsResponse.SerializeToString,
+            ),
+            'Lag': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lag,
+                    request_deserializer=touchstream_dot_v1_dot_interventions__pb2.LagRequest.FromString,
+                    response_serializer=touchstream_dot_v1_dot_interventions__pb2.LagResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class Interventions:
             '/touchstream.v1.Interventions/OutcomeCounts',
             touchstream_dot_v1_dot_interventions__pb2.OutcomeCountsRequest.SerializeToString,
             touchstream_dot_v1_dot_interventions__pb2.OutcomeCountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/touchstream.v1.Interventions/Lag',
+            touchstream_dot_v1_dot_interventions__pb2.LagRequest.SerializeToString,
+            touchstream_dot_v1_dot_interventions__pb2.LagResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -285,12 +285,18 @@ class KeyGroupActor:
         live = self.settings.clock.live
 
         for batch in batches:
-            if batch.high_ms > high.get(batch.partition, NO_TIME):
-                high[batch.partition] = batch.high_ms
+            high_ms = batch.high_ms
+            if live:
+                now_ms = self.wall_ms()
+                self.partition_seen_wall_ms[batch.partition] = now_ms
+                # An event ahead of the wall clock (within the allowed skew)
+                # is applied, but never moves time past the wall clock: one
+                # skewed source must not decide for everyone early.
+                high_ms = min(high_ms, now_ms)
+            if high_ms > high.get(batch.partition, NO_TIME):
+                high[batch.partition] = high_ms
             elif batch.partition not in high:
                 high[batch.partition] = NO_TIME
-            if live:
-                self.partition_seen_wall_ms[batch.partition] = self.wall_ms()
             if batch.touches:
                 fresh = self._dedupe(batch.touches, counts, rejections)
                 counts.applied += len(fresh)

@@ -226,26 +226,38 @@ def _rpc_failure(ex: grpc.RpcError) -> RunError:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from stream.clients import publish
+    from stream.clients import PublishSummary, publish
 
     if not args.file.is_file():
         msg = f"input file {args.file} does not exist or is not a file"
         raise UsageError(msg)
+    summary = PublishSummary()
+    failure = None
     try:
-        summary = publish(
-            _connection(args), args.file, args.format, args.batch_events, sys.stderr
+        publish(
+            _connection(args),
+            args.file,
+            args.format,
+            args.batch_events,
+            sys.stderr,
+            summary,
         )
     except grpc.RpcError as ex:
-        raise _rpc_failure(ex) from None
+        failure = _rpc_failure(ex)
+    # Printed on a failure too: the batches acknowledged are durable, and
+    # `last_batch` (FILE:FIRST_LINE) says where to resume.
     print(
         orjson.dumps(
             {
                 "batches": summary.batches,
                 "accepted": summary.accepted,
                 "rejected": summary.rejected,
+                "last_batch": summary.last_batch,
             }
         ).decode()
     )
+    if failure is not None:
+        raise failure
     return 0
 
 

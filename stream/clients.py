@@ -84,9 +84,12 @@ def read_token(token: str | None, token_file: Path | None) -> str:
 
 @dataclass
 class PublishSummary:
+    """What the server acknowledged; `last_batch` is where to resume."""
+
     batches: int = 0
     accepted: int = 0
     rejected: int = 0
+    last_batch: str = ""
 
 
 def file_batches(
@@ -124,10 +127,11 @@ def publish(
     fmt: str,
     batch_events: int,
     rejected_out: IO[str],
-) -> PublishSummary:
-    """Stream a file's events to the server; every rejection goes to
-    `rejected_out` as a JSON line with its batch and reason."""
-    summary = PublishSummary()
+    summary: PublishSummary,
+) -> None:
+    """Stream a file's events to the server, counting into `summary` what
+    it acknowledged (so that a failure leaves the count there); every
+    rejection goes to `rejected_out` as a JSON line with its batch."""
     with connection.channel() as channel:
         stub = ingest_pb2_grpc.IngestStub(channel)
         acks = stub.Publish(
@@ -135,6 +139,7 @@ def publish(
         )
         for ack in acks:
             summary.batches += 1
+            summary.last_batch = ack.batch_id
             summary.accepted += ack.accepted
             summary.rejected += len(ack.rejected)
             for item in ack.rejected:
@@ -143,7 +148,6 @@ def publish(
                 )
                 entry = {"batch_id": ack.batch_id, **fields}
                 rejected_out.write(orjson.dumps(entry).decode() + "\n")
-    return summary
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ Component = Literal[
     "p_alive", "recency", "engagement_trend", "service", "nps", "value_trend"
 ]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_MS = {
     "ms": 1,
     "s": 1_000,

@@ -23,6 +23,7 @@ import fcntl
 import functools
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -88,10 +89,14 @@ SERVICE_NAMES = (
     customers_pb2.DESCRIPTOR.services_by_name["Customers"].full_name,
 )
 MAX_ID_CHARS = 128
+MAX_PORT = 65_535
+_ADDRESS = re.compile(r"^(\[[^\]]+\]|[^:\[\]]*):([0-9]{1,5})$")
 MAX_CURSOR_DIGITS = 19
 MAX_CURSOR = 2**63 - 1  # SQLite's largest integer
 MAX_MOVERS = 1_000
 DEFAULT_MOVERS = 20
+MIN_WINDOW_MS = 1_000
+MAX_WINDOW_MS = 3650 * 86_400_000
 ADMIN_TOKEN_FILE = "admin.token"
 # The health service name that tells whether the engine process runs.
 ENGINE_HEALTH = "touchstream.engine"
@@ -904,6 +909,11 @@ class CustomersService(customers_pb2_grpc.CustomersServicer):  # type: ignore[mi
             window_ms = parse_duration(request.window or "1d")
         except UsageError as ex:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"`window`: {ex}")
+        if not MIN_WINDOW_MS <= window_ms <= MAX_WINDOW_MS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"expected `window` from 1s to 3650d - got {request.window!r}",
+            )
         limit = request.limit or DEFAULT_MOVERS
         if limit > MAX_MOVERS:
             await context.abort(
@@ -1095,6 +1105,16 @@ class Server:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
+        listen = self.options.listen
+        found = _ADDRESS.match(listen)
+        if found is None or int(found.group(2)) > MAX_PORT:
+            self.stores.close()
+            self._lock.close()
+            msg = (
+                "expected --listen HOST:PORT with a port from 0 to 65535 - got "
+                f"{listen!r}"
+            )
+            raise UsageError(msg)
         try:
             if self.credentials is None:
                 self.port = self.grpc.add_insecure_port(self.options.listen)
@@ -1111,6 +1131,11 @@ class Server:
                 f"cannot listen on {self.options.listen!r}: expected HOST:PORT of "
                 "this machine with the port free"
             )
+            if self.credentials is not None:
+                msg += (
+                    ", and server.tls_cert and server.tls_key a PEM certificate "
+                    "and its private key"
+                )
             raise UsageError(msg)
         await self.grpc.start()
         for name in (*SERVICE_NAMES, ""):

@@ -211,6 +211,7 @@ def test_publish_and_subscribe_commands_against_a_served_engine(tmp_path: Path) 
             "batches": 2,
             "accepted": 3,
             "rejected": 1,
+            "last_batch": "events.jsonl:3",
         }
         [rejected] = [
             orjson.loads(line)
@@ -396,6 +397,7 @@ def test_mutual_tls_without_a_server_certificate_is_refused(tmp_path: Path) -> N
         ("publish", "x.jsonl", "--batch-events", "0"),
         ("token", "--tenant", "", "--role", "sales", "--name", "n"),
         ("serve", "--listen", "garbage", "--data", "{data}"),
+        ("serve", "--listen", "127.0.0.1:99999", "--data", "{data}"),
     ],
 )
 def test_bad_command_lines_exit_2_with_a_message(

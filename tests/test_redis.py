@@ -348,3 +348,45 @@ def test_the_api_waits_for_an_unreachable_redis_and_says_so_in_health(
     ]
     client.close()
     assert stored == ["e1"]
+
+
+def test_top_movers_in_redis_mode_rank_by_how_far_clv_moved(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from touchstream.v1 import customers_pb2
+
+    from stream.redis_io import RedisSettings, add_history
+    from tests.api_support import running_api
+
+    settings = RedisSettings(redis_server.url, "api", 2)
+    client = redis_server.client()
+    now = int(time.time() * 1000)
+
+    def publish(customer: str, clv: float, band: int, at_ms: int) -> None:
+        record = {"tenant": "acme", "customer_id": customer, "clv": clv}
+        record["value_band"] = band
+        pipe = client.pipeline()
+        pipe.hset(settings.customers_key("acme"), customer, orjson.dumps(record))
+        add_history(pipe, settings, record, at_ms)
+        pipe.execute()
+
+    publish("x", 10.0, 1, now - 2 * DAY_MS)
+    publish("z", 30.0, 3, now - 3 * DAY_MS)
+    publish("w", 20.0, 2, now - 2 * DAY_MS)
+    publish("x", 50.0, 4, now - 1000)
+    publish("y", 5.0, 1, now - 1000)
+    publish("z", 28.0, 3, now - 500)
+    with running_api(tmp_path, extra=redis_extra(redis_server)) as api:
+        board = api.customers.TopMovers(
+            customers_pb2.TopMoversRequest(window="1d"), metadata=api.md("acme-finance")
+        )
+    client.close()
+    assert [
+        (m.customer_id, m.clv_before, m.clv_now, m.change, m.direction)
+        for m in board.movers
+    ] == [
+        ("x", 10.0, 50.0, 40.0, "up"),
+        ("y", 0.0, 5.0, 5.0, "up"),
+        ("z", 30.0, 28.0, -2.0, "down"),
+    ]
+    assert (board.movers[0].value_band_before, board.movers[0].value_band_now) == (1, 4)

@@ -32,3 +32,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+# Modules that run gRPC servers inside the test process. gRPC's core keeps
+# threads after a server stops, and a process forked while they run (the
+# replay's bytewax workers are forked) was seen to spin forever in the
+# child: these tests run after every test that forks.
+IN_PROCESS_GRPC = {"test_api", "test_api_edges", "test_redis"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def runs_grpc_in_process(item: pytest.Item) -> bool:
+        module = getattr(item, "module", None)
+        name = getattr(module, "__name__", "")
+        return name.rsplit(".", 1)[-1] in IN_PROCESS_GRPC
+
+    items.sort(key=runs_grpc_in_process)  # a stable sort: the order stays else

@@ -1136,3 +1136,29 @@ def test_an_event_ahead_of_the_wall_clock_does_not_move_time_for_everyone(
         # The customer on time falls silent a second later, as ever; the
         # early one's silence is not due for minutes.
         assert {m.intervention.customer_id for m in got} == {"on_time"}
+
+
+def test_events_that_arrive_while_the_engine_is_down_are_decided_after_it_resumes(
+    tmp_path: Path,
+) -> None:
+    extra = '[checkpoint]\ninterval = "200ms"'
+    with running_api(tmp_path, engine=True, extra=extra, heartbeat="100ms") as api:
+        assert api.server is not None
+        health = health_pb2_grpc.HealthStub(api.channel)
+        request = health_pb2.HealthCheckRequest(service="touchstream.engine")
+        serving = health_pb2.HealthCheckResponse.SERVING
+        time.sleep(1.5)  # checkpoints of the running engine exist
+        api.server._engine.kill()  # type: ignore[union-attr]
+        wait_for(lambda: health.Check(request).status != serving)
+        events = [inbound(index, f"c{index}") for index in range(3)]
+        assert api.ingest.PublishBatch(json_batch(events), metadata=api.md()).accepted
+        # Resumed from its checkpoint, seconds after these events: they are
+        # its backlog, decided in event time, not late.
+        stream = api.interventions.Subscribe(
+            interventions_pb2.SubscribeRequest(subscriber_id="crm"),
+            metadata=api.md(),
+            timeout=60,
+        )
+        got = read_messages(stream, 6)
+        stream.cancel()
+        assert sorted({m.intervention.customer_id for m in got}) == ["c0", "c1", "c2"]

@@ -623,6 +623,12 @@ class KeyGroupActor:
         self.watermark_ms = state.watermark_ms
         self.next_boundary_ms = dict(state.next_boundary_ms)
         self.cooldowns = dict(state.cooldowns)
+        if self.settings.clock.live:
+            # Resumed after a stop: what arrived meanwhile is the partitions'
+            # backlog. Until each has been idle for its timeout, time follows
+            # their events, so the backlog is decided, not late.
+            now_ms = self.wall_ms()
+            self.partition_seen_wall_ms = dict.fromkeys(self.partition_high_ms, now_ms)
 
 
 class _Format(msgspec.Struct):

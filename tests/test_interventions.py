@@ -388,3 +388,28 @@ def test_following_a_file_fires_a_silence_while_the_file_stays_idle(
     assert process.returncode == 0, stderr
     assert "interventions                  1" in stdout
     assert read_jsonl(out / "customers.jsonl")[0]["customer_id"] == "c1"
+
+
+def test_on_the_live_clock_a_resumed_actor_decides_its_backlog_in_event_time() -> None:
+    start = ms("2024-03-01T10:00:00Z")
+    clock = [start]
+    actor = live_actor(clock)
+    actor.on_batch(
+        [KeyGroupBatch(0, [make_touch(ts_ms=start, event_id="m1")], start, False)]
+    )
+    snapshot = actor.snapshot()
+
+    # Back three hours later; one touch arrived meanwhile, of another customer.
+    clock[0] = start + 3 * HOUR_MS
+    resumed = live_actor(clock).settings.build(snapshot, wall_ms=lambda: clock[0])
+    before = resumed.on_notify()  # bytewax asks at once: nothing moves yet
+    backlog = make_touch(ts_ms=start + 200, event_id="m2", customer_id="c2")
+    (applied,) = resumed.on_batch([KeyGroupBatch(0, [backlog], start + 200, False)])
+    clock[0] += 600  # the partition is idle: the wall clock takes over
+    (fired,) = resumed.on_notify()
+
+    assert before == [] and applied.counts.late == 0
+    assert sorted((d.customer_id, d.event_time) for d in fired.interventions) == [
+        ("c1", format_time(start + 2 * HOUR_MS)),
+        ("c2", format_time(start + 200 + 2 * HOUR_MS)),
+    ]

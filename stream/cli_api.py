@@ -58,6 +58,11 @@ def add_commands(
         help="model parameters of `touchstream fit`, reloaded when the file changes",
     )
     serve.add_argument("--horizon", metavar="DURATION", help="the CLV horizon")
+    serve.add_argument(
+        "--metrics-listen",
+        metavar="ADDRESS",
+        help="serve Prometheus metrics on http://ADDRESS/metrics (HOST:PORT)",
+    )
 
     publish = commands.add_parser(
         "publish",
@@ -215,6 +220,7 @@ def _serve(args: argparse.Namespace) -> int:
         params_path=args.params,
         horizon=args.horizon,
         log_level=args.log_level.upper(),
+        metrics_listen=args.metrics_listen,
     )
     return serve(options)
 

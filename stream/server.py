@@ -54,11 +54,13 @@ from touchstream.v1 import (
 )
 
 from operators.decode import DecodeSettings
+from operators.events import CHANNELS
 from stream.auth import Identity, Tokens, for_role, new_token, token_digest
 from stream.config import Config, ServerConfig, parse_duration
 from stream.engine import EngineOptions, now_ms, start_engine
 from stream.errors import UsageError
 from stream.explain import format_lineage
+from stream.metrics import ServerMetrics
 from stream.replay import ReplayOptions, decode_settings
 from stream.store import (
     CUSTOMERS_FILE,
@@ -124,6 +126,7 @@ class ServeOptions:
     log_level: str = "INFO"
     # Tests run the engine themselves or not at all.
     engine: bool = True
+    metrics_listen: str | None = None
 
 
 @dataclass
@@ -234,9 +237,12 @@ class Stores:
 class Gate:
     """Authenticates calls and counts the streams each tenant holds open."""
 
-    def __init__(self, tokens: Tokens, max_streams_per_tenant: int) -> None:
+    def __init__(
+        self, tokens: Tokens, max_streams_per_tenant: int, metrics: ServerMetrics
+    ) -> None:
         self.tokens = tokens
         self.max_streams = max_streams_per_tenant
+        self.metrics = metrics
         self.streams: collections.Counter[str] = collections.Counter()
 
     async def identify(self, context: grpc.aio.ServicerContext) -> Identity:
@@ -248,6 +254,7 @@ class Gate:
                     token = None
         method = _method(context)
         if not token:
+            self.metrics.auth_failures.labels("no_token").inc()
             audit.warning(
                 "Audit: denied method=%s peer=%s reason=no bearer token",
                 method,
@@ -259,6 +266,7 @@ class Gate:
             )
         identity = self.tokens.identify(token or "")
         if identity is None:
+            self.metrics.auth_failures.labels("unknown_token").inc()
             audit.warning(
                 "Audit: denied method=%s peer=%s reason=unknown token",
                 method,
@@ -275,6 +283,7 @@ class Gate:
         self, identity: Identity, context: grpc.aio.ServicerContext
     ) -> None:
         if identity.role != "admin":
+            self.metrics.auth_failures.labels("role").inc()
             audit.warning(
                 "Audit: denied method=%s caller=%s role=%s reason=admin only",
                 _method(context),
@@ -298,10 +307,13 @@ class Gate:
                 "open streams (server.max_streams_per_tenant); close one first",
             )
         self.streams[identity.tenant] += 1
+        gauge = self.metrics.streams.labels(identity.tenant)
+        gauge.inc()
         try:
             yield
         finally:
             self.streams[identity.tenant] -= 1
+            gauge.dec()
 
 
 def _method(context: grpc.aio.ServicerContext) -> str:
@@ -362,13 +374,21 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
         batch: ingest_pb2.EventBatch,
         context: grpc.aio.ServicerContext,
     ) -> ingest_pb2.PublishAck:
+        metrics = self.gate.metrics
+        started = time.perf_counter()
         try:
             records = self._records(batch, identity.tenant)
         except BadBatch as ex:
+            metrics.batches.labels(identity.tenant, "INVALID_ARGUMENT").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
-        return await self.stores.write(
+        ack = await self.stores.write(
             lambda ingest, _, __: self._append(ingest, identity, batch, records)
         )
+        metrics.batches.labels(identity.tenant, "OK").inc()
+        metrics.ack_seconds.labels(identity.tenant).observe(
+            time.perf_counter() - started
+        )
+        return ack
 
     def _records(
         self, batch: ingest_pb2.EventBatch, tenant: str
@@ -420,6 +440,7 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
             for item in decoded.rejections
         ]
         by_position = dict(records)
+        events = self.gate.metrics.events
         bodies = []
         for touch in decoded.touches:
             if touch.tenant != identity.tenant:
@@ -433,11 +454,20 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
                     )
                 )
                 continue
+            events.labels(
+                identity.tenant, CHANNELS[touch.channel], touch.source, "accepted"
+            ).inc()
             body = by_position[touch.position]
             if msgpack_payload:
                 body = orjson.dumps(msgpack.unpackb(body))
             bodies.append(body)
         rejected.sort()
+        for _, _, code, _ in rejected:
+            self.gate.metrics.rejected.labels(identity.tenant, code).inc()
+        if rejected:
+            # The channel and source of a rejected event may be what was
+            # wrong with it: these count by tenant only.
+            events.labels(identity.tenant, "", "", "rejected").inc(len(rejected))
         foreign = sum(1 for row in rejected if row[2] == "wrong_tenant")
         if foreign:
             audit.warning(
@@ -601,6 +631,7 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
             await self._check_not_past_end(tenant, cursor, "resume_after", context)
         limits = self.limits
         page = limits.server.page_size
+        sent = self.gate.metrics.sent
         in_flight = _InFlight()
         last_sent = time.monotonic()
         log.info(
@@ -640,6 +671,7 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
                 yield intervention_message(
                     entry.cursor, item, format_ms(entry.appended_ms)
                 )
+                sent.labels(tenant, item.get("action", "")).inc()
                 in_flight.sent.append(entry.cursor)
                 last_sent = time.monotonic()
             cursor = reached
@@ -1049,6 +1081,8 @@ class Server:
             ):
                 store.close()
         self.stopping = asyncio.Event()
+        self.metrics = ServerMetrics()
+        self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._engine: subprocess.Popen[bytes] | None = None
@@ -1091,7 +1125,7 @@ class Server:
                 ("grpc.http2.max_pings_without_data", 0),
             ],
         )
-        gate = Gate(self.tokens, server_config.max_streams_per_tenant)
+        gate = Gate(self.tokens, server_config.max_streams_per_tenant, self.metrics)
         ingest_pb2_grpc.add_IngestServicer_to_server(
             IngestService(gate, self.stores, self._decode(), limits), self.grpc
         )
@@ -1137,6 +1171,8 @@ class Server:
                     "and its private key"
                 )
             raise UsageError(msg)
+        if self.options.metrics_listen is not None:
+            self.metrics_port = self.metrics.serve(self.options.metrics_listen)
         await self.grpc.start()
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -1191,6 +1227,7 @@ class Server:
                 None, _join_engine, self._engine
             )
         self.stores.close()
+        self.metrics.close()
         self._lock.close()
         log.info("Serve: stopped")
 

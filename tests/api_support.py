@@ -107,7 +107,12 @@ class Api:
 
 @contextlib.contextmanager
 def running_api(
-    folder: Path, *, engine: bool = False, extra: str = "", **server: Any
+    folder: Path,
+    *,
+    engine: bool = False,
+    extra: str = "",
+    metrics: bool = False,
+    **server: Any,
 ) -> Iterator[Api]:
     """A server on a thread of this process (the engine, when asked for,
     in its own process) with the test tokens."""
@@ -118,6 +123,7 @@ def running_api(
         listen="127.0.0.1:0",
         config_path=config_path,
         engine=engine,
+        metrics_listen="127.0.0.1:0" if metrics else None,
     )
     started, stop = run_in_thread(options)
     address = f"127.0.0.1:{started.port}"

@@ -1162,3 +1162,64 @@ def test_events_that_arrive_while_the_engine_is_down_are_decided_after_it_resume
         got = read_messages(stream, 6)
         stream.cancel()
         assert sorted({m.intervention.customer_id for m in got}) == ["c0", "c1", "c2"]
+
+
+def _metrics(port: int) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    return {
+        sample.name + str(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_name_what_the_server_does_and_move_with_it(tmp_path: Path) -> None:
+    with running_api(tmp_path, metrics=True, heartbeat="100ms") as api:
+        assert api.server is not None and api.server.metrics_port
+        port = api.server.metrics_port
+        api.log().append([intervention(1), intervention(3)], NOW_MS)
+        before = _metrics(port)
+        events = [inbound(1, "c1"), inbound(2, "c2", source="zendesk")]
+        events.append({**inbound(3, "c3"), "channel": "fax"})
+        api.ingest.PublishBatch(json_batch(events), metadata=api.md())
+        status_of(
+            lambda: api.ingest.PublishBatch(
+                json_batch(events), metadata=(("authorization", "Bearer nope"),)
+            )
+        )
+        read_messages(
+            api.interventions.Subscribe(
+                interventions_pb2.SubscribeRequest(subscriber_id="crm"),
+                metadata=api.md(),
+                timeout=30,
+            ),
+            2,
+        )
+        after = _metrics(port)
+
+    def moved(name: str, **labels: str) -> float:
+        key = name + str(sorted(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    accepted = {"tenant": "acme", "channel": "wechat", "outcome": "accepted"}
+    assert moved("touchstream_ingest_events_total", source="wecom", **accepted) == 1
+    assert moved("touchstream_ingest_events_total", source="zendesk", **accepted) == 1
+    assert (
+        moved("touchstream_ingest_rejected_total", tenant="acme", code="invalid_value")
+        == 1
+    )
+    assert moved("touchstream_ingest_batches_total", tenant="acme", status="OK") == 1
+    assert moved("touchstream_ingest_ack_seconds_count", tenant="acme") == 1
+    assert moved("touchstream_auth_failures_total", reason="unknown_token") == 1
+    assert (
+        moved("touchstream_interventions_sent_total", tenant="acme", action="care_task")
+        == 2
+    )
+    assert all(
+        name.startswith("touchstream_") for name in after if "python" not in name
+    )

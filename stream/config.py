@@ -402,6 +402,19 @@ def _config_message(message: str) -> str:
     return f"{text} at `{path.rstrip('`').lstrip('.')}`"
 
 
+_ADDRESS = re.compile(r"^(\[[^\]]+\]|[^:\[\]]*):([0-9]{1,5})$")
+MAX_PORT = 65_535
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as (host, port), or UsageError."""
+    found = _ADDRESS.match(text)
+    if found is None or int(found.group(2)) > MAX_PORT:
+        msg = f"expected {option} HOST:PORT with a port from 0 to 65535 - got {text!r}"
+        raise UsageError(msg)
+    return found.group(1).strip("[]"), int(found.group(2))
+
+
 def parse_duration(text: str) -> int:
     """Parse ``500ms``, ``30s``, ``15m``, ``48h``, ``7d`` or ``39w`` to ms."""
     match = _DURATION.match(text)

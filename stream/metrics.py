@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
+from stream.config import parse_address
 from stream.errors import UsageError
 
 # Ack latency of the ingest, from a batch's arrival to its durable ack.
@@ -69,12 +70,9 @@ class ServerMetrics:
 
     def serve(self, address: str) -> int:
         """Serve ``/metrics`` on HOST:PORT; return the port."""
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65_535:
-            msg = f"expected --metrics-listen HOST:PORT - got {address!r}"
-            raise UsageError(msg)
+        host, port = parse_address(address, "--metrics-listen")
         try:
-            server, _ = start_http_server(int(port), host, registry=self.registry)
+            server, _ = start_http_server(port, host, registry=self.registry)
         except OSError as ex:
             msg = f"cannot serve metrics on {address!r}: {ex.strerror}"
             raise UsageError(msg) from None

@@ -27,7 +27,14 @@ from stream.redis_io import (
     retrying,
     stream_id_of,
 )
-from stream.store import OUTCOMES, CursorExpired, LogEntry, SubscriberLag
+from stream.store import (
+    ALL,
+    OUTCOMES,
+    CursorExpired,
+    Filters,
+    LogEntry,
+    SubscriberLag,
+)
 
 _SPAN = 1_000_000
 _WIDTH = 19
@@ -128,10 +135,7 @@ class RedisInterventionLog:
         tenant: str,
         cursor: int,
         limit: int,
-        *,
-        actions: Sequence[str] = (),
-        min_priority: int = 0,
-        segments: Sequence[str] = (),
+        filters: Filters = ALL,
     ) -> tuple[list[LogEntry], int]:
         trimmed = self.trimmed_through(tenant)
         if cursor < trimmed:
@@ -145,22 +149,15 @@ class RedisInterventionLog:
             reached = max(cursor, self.latest_cursor(tenant))
         else:
             reached = position_of(rows[-1][0])
-        wanted_actions = set(actions)
-        wanted_segments = set(segments)
         entries = []
         for entry_id, fields in rows:
             action = fields[b"action"].decode()
             segment = fields[b"segment"].decode() or None
-            if wanted_actions and action not in wanted_actions:
-                continue
-            if int(fields[b"priority"]) < min_priority:
-                continue
-            if wanted_segments and segment not in wanted_segments:
-                continue
-            position = position_of(entry_id)
-            entries.append(
-                LogEntry(position, tenant, position // _SPAN, fields[b"body"])
-            )
+            if filters.admit(action, int(fields[b"priority"]), segment):
+                position = position_of(entry_id)
+                entries.append(
+                    LogEntry(position, tenant, position // _SPAN, fields[b"body"])
+                )
         return entries, reached
 
     def entry_rule(self, tenant: str, intervention_id: str) -> str | None:

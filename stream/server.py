@@ -23,7 +23,6 @@ import fcntl
 import functools
 import logging
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -56,7 +55,7 @@ from touchstream.v1 import (
 from operators.decode import DecodeSettings
 from operators.events import CHANNELS
 from stream.auth import Identity, Tokens, for_role, new_token, token_digest
-from stream.config import Config, ServerConfig, parse_duration
+from stream.config import Config, ServerConfig, parse_address, parse_duration
 from stream.engine import EngineOptions, now_ms, start_engine
 from stream.errors import UsageError
 from stream.explain import format_lineage
@@ -69,6 +68,7 @@ from stream.store import (
     OUTCOMES,
     CursorExpired,
     CustomerStore,
+    Filters,
     IngestLog,
     InterventionLog,
     LogEntry,
@@ -91,8 +91,6 @@ SERVICE_NAMES = (
     customers_pb2.DESCRIPTOR.services_by_name["Customers"].full_name,
 )
 MAX_ID_CHARS = 128
-MAX_PORT = 65_535
-_ADDRESS = re.compile(r"^(\[[^\]]+\]|[^:\[\]]*):([0-9]{1,5})$")
 MAX_CURSOR_DIGITS = 19
 MAX_CURSOR = 2**63 - 1  # SQLite's largest integer
 MAX_MOVERS = 1_000
@@ -252,32 +250,32 @@ class Gate:
                 scheme, _, token = value.partition(" ")
                 if scheme.lower() != "bearer":
                     token = None
-        method = _method(context)
         if not token:
-            self.metrics.auth_failures.labels("no_token").inc()
-            audit.warning(
-                "Audit: denied method=%s peer=%s reason=no bearer token",
-                method,
-                context.peer(),
-            )
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
+            await self._unauthenticated(
+                context,
+                "no_token",
                 "missing credentials: send metadata `authorization: Bearer TOKEN`",
             )
         identity = self.tokens.identify(token or "")
         if identity is None:
-            self.metrics.auth_failures.labels("unknown_token").inc()
-            audit.warning(
-                "Audit: denied method=%s peer=%s reason=unknown token",
-                method,
-                context.peer(),
-            )
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "the bearer token is not known to this server",
+            await self._unauthenticated(
+                context, "unknown_token", "the bearer token is not known to this server"
             )
         assert identity is not None
         return identity
+
+    async def _unauthenticated(
+        self, context: grpc.aio.ServicerContext, reason: str, message: str
+    ) -> None:
+        """Count, audit (the reason, never the token) and refuse a call."""
+        self.metrics.auth_failures.labels(reason).inc()
+        audit.warning(
+            "Audit: denied method=%s peer=%s reason=%s",
+            _method(context),
+            context.peer(),
+            reason.replace("_", " "),
+        )
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     async def require_admin(
         self, identity: Identity, context: grpc.aio.ServicerContext
@@ -640,22 +638,15 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
             subscriber,
             cursor,
         )
-        actions, segments = tuple(request.actions), tuple(request.segments)
-
-        def read(log_: InterventionLog, after: int) -> tuple[list[LogEntry], int]:
-            return log_.read_after(
-                tenant,
-                after,
-                page,
-                actions=actions,
-                min_priority=request.min_priority,
-                segments=segments,
-            )
-
+        filters = Filters(
+            frozenset(request.actions),
+            request.min_priority,
+            frozenset(request.segments),
+        )
         while not self.stopping.is_set():
             try:
                 entries, reached = await self.stores.read(
-                    functools.partial(_read_page, read, cursor)
+                    functools.partial(_read_page, tenant, cursor, page, filters)
                 )
             except CursorExpired as ex:
                 status = _expired(ex)
@@ -847,13 +838,15 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
 
 
 def _read_page(
-    read: Callable[[InterventionLog, int], tuple[list[LogEntry], int]],
+    tenant: str,
     after: int,
+    limit: int,
+    filters: Filters,
     _: IngestLog,
     log_: InterventionLog,
     __: CustomerStore,
 ) -> tuple[list[LogEntry], int]:
-    return read(log_, after)
+    return log_.read_after(tenant, after, limit, filters)
 
 
 LAG_CAP = 100_000
@@ -1139,16 +1132,12 @@ class Server:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
-        listen = self.options.listen
-        found = _ADDRESS.match(listen)
-        if found is None or int(found.group(2)) > MAX_PORT:
+        try:
+            parse_address(self.options.listen, "--listen")
+        except UsageError:
             self.stores.close()
             self._lock.close()
-            msg = (
-                "expected --listen HOST:PORT with a port from 0 to 65535 - got "
-                f"{listen!r}"
-            )
-            raise UsageError(msg)
+            raise
         try:
             if self.credentials is None:
                 self.port = self.grpc.add_insecure_port(self.options.listen)

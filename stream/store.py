@@ -151,6 +151,26 @@ class LogEntry:
 
 
 @dataclass(frozen=True)
+class Filters:
+    """What a subscription keeps: these actions and segments (none: all),
+    from this priority up."""
+
+    actions: frozenset[str] = frozenset()
+    min_priority: int = 0
+    segments: frozenset[str] = frozenset()
+
+    def admit(self, action: str, priority: int, segment: str | None) -> bool:
+        return (
+            (not self.actions or action in self.actions)
+            and priority >= self.min_priority
+            and (not self.segments or segment in self.segments)
+        )
+
+
+ALL = Filters()
+
+
+@dataclass(frozen=True)
 class SubscriberLag:
     """A subscriber's committed cursor against the end of its log."""
 
@@ -278,10 +298,7 @@ class InterventionLog:
         tenant: str,
         cursor: int,
         limit: int,
-        *,
-        actions: Sequence[str] = (),
-        min_priority: int = 0,
-        segments: Sequence[str] = (),
+        filters: Filters = ALL,
     ) -> tuple[list[LogEntry], int]:
         """The tenant's entries after `cursor` that pass the filters, and the
         cursor that the read reached (past entries filtered out).
@@ -303,14 +320,10 @@ class InterventionLog:
             reached = max(cursor, self.latest_cursor())
         else:
             reached = int(rows[-1][0])
-        wanted_actions = set(actions)
-        wanted_segments = set(segments)
         entries = [
             LogEntry(int(row[0]), tenant, int(row[4]), bytes(row[5]))
             for row in rows
-            if (not wanted_actions or row[1] in wanted_actions)
-            and row[2] >= min_priority
-            and (not wanted_segments or row[3] in wanted_segments)
+            if filters.admit(row[1], row[2], row[3])
         ]
         return entries, reached
 

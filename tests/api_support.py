@@ -19,9 +19,12 @@ from typing import Any
 
 import grpc
 import orjson
+import pytest
 from touchstream.v1 import (
     customers_pb2_grpc,
+    ingest_pb2,
     ingest_pb2_grpc,
+    interventions_pb2,
     interventions_pb2_grpc,
 )
 
@@ -234,3 +237,54 @@ def intervention(number: int, tenant: str = "acme", **fields: Any) -> dict[str, 
     }
     base.update(fields)
     return base
+
+
+def inbound(number: int, customer: str, **fields: Any) -> dict[str, Any]:
+    base = {
+        "event_id": f"e{number}",
+        "tenant": "acme",
+        "customer_id": customer,
+        "source": "wecom",
+        "channel": "wechat",
+        "kind": "message",
+        "direction": "inbound",
+        "ts": int(time.time() * 1000),
+    }
+    base.update(fields)
+    return base
+
+
+def json_batch(events: list[dict[str, Any]], batch_id: str = "b") -> Any:
+    lines = b"\n".join(orjson.dumps(event) for event in events)
+    return ingest_pb2.EventBatch(batch_id=batch_id, json_lines=lines)
+
+
+def read_messages(stream: Any, count: int) -> list[Any]:
+    """The next `count` non-heartbeat messages of a stream."""
+    messages = []
+    for message in stream:
+        if not message.heartbeat:
+            messages.append(message)
+        if len(messages) == count:
+            break
+    return messages
+
+
+def status_of(call: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code()
+
+
+def subscribe(
+    api: Api, count: int, name: str = "acme-admin", **request: Any
+) -> list[Any]:
+    """Open a subscription, take its next `count` interventions, close it."""
+    stream = api.interventions.Subscribe(
+        interventions_pb2.SubscribeRequest(**request),
+        metadata=api.md(name),
+        timeout=60,
+    )
+    got = read_messages(stream, count)
+    stream.cancel()
+    return got

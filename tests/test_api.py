@@ -29,50 +29,18 @@ from stream.auth import MONEY_KEYS
 from stream.store import CUSTOMERS_FILE, CustomerStore
 from tests.api_support import (
     Api,
+    inbound,
     intervention,
+    json_batch,
+    read_messages,
     running_api,
     serve_process,
+    status_of,
+    subscribe,
     wait_for,
 )
 
 NOW_MS = int(time.time() * 1000)
-
-
-def inbound(number: int, customer: str, **fields: Any) -> dict[str, Any]:
-    base = {
-        "event_id": f"e{number}",
-        "tenant": "acme",
-        "customer_id": customer,
-        "source": "wecom",
-        "channel": "wechat",
-        "kind": "message",
-        "direction": "inbound",
-        "ts": int(time.time() * 1000),
-    }
-    base.update(fields)
-    return base
-
-
-def json_batch(events: list[dict[str, Any]], batch_id: str = "b") -> Any:
-    lines = b"\n".join(orjson.dumps(event) for event in events)
-    return ingest_pb2.EventBatch(batch_id=batch_id, json_lines=lines)
-
-
-def read_messages(stream: Any, count: int) -> list[Any]:
-    """The next `count` non-heartbeat messages of a stream."""
-    messages = []
-    for message in stream:
-        if not message.heartbeat:
-            messages.append(message)
-        if len(messages) == count:
-            break
-    return messages
-
-
-def status_of(call: Any) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return caught.value.code()
 
 
 @pytest.fixture(params=["native", "pure"])
@@ -325,13 +293,7 @@ def test_a_tenant_never_sees_another_tenants_interventions_or_customers(
         store.close()
 
         for name, tenant in (("acme-admin", "acme"), ("beta-admin", "beta")):
-            stream = api.interventions.Subscribe(
-                interventions_pb2.SubscribeRequest(subscriber_id="crm"),
-                metadata=api.md(name),
-                timeout=30,
-            )
-            got = read_messages(stream, 10)
-            stream.cancel()
+            got = subscribe(api, 10, name, subscriber_id="crm")
             assert {m.intervention.tenant for m in got} == {tenant}
 
         code = status_of(
@@ -895,13 +857,7 @@ def test_a_restarted_server_resumes_subscribers_from_the_durable_log(
     with running_api(tmp_path, engine=True, heartbeat="100ms") as api:
         events = [inbound(index, f"c{index}") for index in range(4)]
         assert api.ingest.PublishBatch(json_batch(events), metadata=api.md()).accepted
-        stream = api.interventions.Subscribe(
-            interventions_pb2.SubscribeRequest(subscriber_id="crm"),
-            metadata=api.md(),
-            timeout=60,
-        )
-        first = read_messages(stream, 3)
-        stream.cancel()
+        first = subscribe(api, 3, subscriber_id="crm")
         api.interventions.Ack(
             interventions_pb2.AckRequest(subscriber_id="crm", cursor=first[-1].cursor),
             metadata=api.md(),
@@ -914,13 +870,7 @@ def test_a_restarted_server_resumes_subscribers_from_the_durable_log(
     # The engine reads the ingest log again from its start: the same
     # decisions carry the same ids, which the log holds once.
     with running_api(tmp_path, engine=True, heartbeat="100ms") as api:
-        stream = api.interventions.Subscribe(
-            interventions_pb2.SubscribeRequest(subscriber_id="crm"),
-            metadata=api.md(),
-            timeout=60,
-        )
-        rest = read_messages(stream, 5)
-        stream.cancel()
+        rest = subscribe(api, 5, subscriber_id="crm")
         time.sleep(3)  # time for the engine to decide again
         after = [
             (entry.cursor, orjson.loads(entry.body)["intervention_id"])
@@ -952,13 +902,7 @@ def test_an_engine_killed_with_sigkill_is_restarted_and_catches_up(
         assert api.ingest.PublishBatch(json_batch(events), metadata=api.md()).accepted
         wait_for(lambda: engine_status() == health_pb2.HealthCheckResponse.SERVING)
         assert api.server._engine is not first
-        stream = api.interventions.Subscribe(
-            interventions_pb2.SubscribeRequest(subscriber_id="crm"),
-            metadata=api.md(),
-            timeout=60,
-        )
-        got = read_messages(stream, 4)
-        stream.cancel()
+        got = subscribe(api, 4, subscriber_id="crm")
         assert sorted(m.intervention.customer_id for m in got) == [
             "c0",
             "c0",
@@ -1126,13 +1070,7 @@ def test_an_event_ahead_of_the_wall_clock_does_not_move_time_for_everyone(
             json_batch([inbound(2, "on_time")]), metadata=api.md()
         )
         assert ack.accepted == 1
-        stream = api.interventions.Subscribe(
-            interventions_pb2.SubscribeRequest(subscriber_id="crm"),
-            metadata=api.md(),
-            timeout=60,
-        )
-        got = read_messages(stream, 2)
-        stream.cancel()
+        got = subscribe(api, 2, subscriber_id="crm")
         # The customer on time falls silent a second later, as ever; the
         # early one's silence is not due for minutes.
         assert {m.intervention.customer_id for m in got} == {"on_time"}
@@ -1154,13 +1092,7 @@ def test_events_that_arrive_while_the_engine_is_down_are_decided_after_it_resume
         assert api.ingest.PublishBatch(json_batch(events), metadata=api.md()).accepted
         # Resumed from its checkpoint, seconds after these events: they are
         # its backlog, decided in event time, not late.
-        stream = api.interventions.Subscribe(
-            interventions_pb2.SubscribeRequest(subscriber_id="crm"),
-            metadata=api.md(),
-            timeout=60,
-        )
-        got = read_messages(stream, 6)
-        stream.cancel()
+        got = subscribe(api, 6, subscriber_id="crm")
         assert sorted({m.intervention.customer_id for m in got}) == ["c0", "c1", "c2"]
 
 

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from stream.redis_io import ingest_partition
+from tests.api_support import inbound, json_batch, subscribe
 from tests.redis_support import RedisServer
 from tests.support import ROOT
 
@@ -170,51 +171,15 @@ def test_a_redis_restart_mid_run_loses_nothing(
     assert sorted(ids) == sorted(expected[1])
 
 
+def publish_batch(api: Any, rows: list[dict[str, Any]]) -> Any:
+    return api.ingest.PublishBatch(json_batch(rows), metadata=api.md())
+
+
 def redis_extra(server: RedisServer, prefix: str = "api") -> str:
     return (
         f'[redis]\nurl = "{server.url}"\nprefix = "{prefix}"\n'
         'partitions = 2\n[checkpoint]\ninterval = "300ms"\n'
     )
-
-
-def _inbound(number: int, customer: str) -> dict[str, Any]:
-    return {
-        "event_id": f"e{number}",
-        "tenant": "acme",
-        "customer_id": customer,
-        "source": "wecom",
-        "channel": "wechat",
-        "kind": "message",
-        "direction": "inbound",
-        "ts": int(time.time() * 1000),
-    }
-
-
-def _publish(api: Any, rows: list[dict[str, Any]]) -> Any:
-    from touchstream.v1 import ingest_pb2
-
-    batch = ingest_pb2.EventBatch(
-        json_lines=b"\n".join(orjson.dumps(row) for row in rows)
-    )
-    return api.ingest.PublishBatch(batch, metadata=api.md())
-
-
-def _subscribe(api: Any, subscriber: str, count: int, **fields: Any) -> list[Any]:
-    from touchstream.v1 import interventions_pb2
-
-    stream = api.interventions.Subscribe(
-        interventions_pb2.SubscribeRequest(subscriber_id=subscriber, **fields),
-        metadata=api.md(),
-        timeout=60,
-    )
-    got = []
-    for message in stream:
-        if not message.heartbeat:
-            got.append(message)
-        if len(got) == count:
-            break
-    stream.cancel()
-    return got
 
 
 def test_the_server_in_redis_mode_ingests_decides_and_resumes_subscribers(
@@ -226,9 +191,9 @@ def test_the_server_in_redis_mode_ingests_decides_and_resumes_subscribers(
 
     extra = redis_extra(redis_server)
     with running_api(tmp_path, engine=True, extra=extra, heartbeat="100ms") as api:
-        ack = _publish(api, [_inbound(n, f"c{n % 3}") for n in range(6)])
+        ack = publish_batch(api, [inbound(n, f"c{n % 3}") for n in range(6)])
         assert (ack.accepted, list(ack.rejected)) == (6, [])
-        first = _subscribe(api, "crm", 2)
+        first = subscribe(api, 2, subscriber_id="crm")
         api.interventions.Ack(
             interventions_pb2.AckRequest(subscriber_id="crm", cursor=first[-1].cursor),
             metadata=api.md(),
@@ -238,7 +203,7 @@ def test_the_server_in_redis_mode_ingests_decides_and_resumes_subscribers(
         )
         assert record.last_inbound_channel == "wechat"
         # While the subscriber is away, more customers fall silent.
-        _publish(api, [_inbound(n, f"d{n}") for n in range(10, 12)])
+        publish_batch(api, [inbound(n, f"d{n}") for n in range(10, 12)])
         time.sleep(3)
     client = redis_server.client()
     assert client.hget("api:cursors:acme", "crm") is not None
@@ -250,7 +215,7 @@ def test_the_server_in_redis_mode_ingests_decides_and_resumes_subscribers(
 
     # A new server on the same Redis: the committed cursor is where it was.
     with running_api(tmp_path / "again", engine=True, extra=extra) as api:
-        rest = _subscribe(api, "crm", 8)
+        rest = subscribe(api, 8, subscriber_id="crm")
     ids = [m.intervention.intervention_id for m in first + rest]
     assert ids == logged
     cursors = [int(m.cursor) for m in first + rest]
@@ -299,7 +264,12 @@ def test_redis_retention_trims_by_age_and_expired_cursors_are_out_of_range(
     with running_api(tmp_path, extra=redis_extra(redis_server), retention="10s") as api:
         wait_for(lambda: client.xlen(settings.interventions_key("acme")) == 1)
         with pytest.raises(grpc.RpcError) as caught:
-            _subscribe(api, "late", 1, resume_after=str(position_of(f"{old_ms}-0")))
+            subscribe(
+                api,
+                1,
+                subscriber_id="late",
+                resume_after=str(position_of(f"{old_ms}-0")),
+            )
         assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
         status = rpc_status.from_call(caught.value)
         assert status is not None
@@ -307,7 +277,7 @@ def test_redis_retention_trims_by_age_and_expired_cursors_are_out_of_range(
         status.details[0].Unpack(info)
         earliest = info.metadata["earliest_cursor"]
         assert earliest == str(position_of(f"{old_ms + 2}-0"))
-        [only] = _subscribe(api, "late", 1, resume_after=earliest)
+        [only] = subscribe(api, 1, subscriber_id="late", resume_after=earliest)
         assert only.cursor == str(position_of(fresh))
         del interventions_pb2
     client.close()
@@ -331,7 +301,7 @@ def test_the_api_waits_for_an_unreachable_redis_and_says_so_in_health(
         wait_for(lambda: health.Check(request).status != serving)
         acks: list[Any] = []
         publisher = threading.Thread(
-            target=lambda: acks.append(_publish(api, [_inbound(1, "c1")]))
+            target=lambda: acks.append(publish_batch(api, [inbound(1, "c1")]))
         )
         publisher.start()
         time.sleep(1.5)

@@ -438,7 +438,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
             for item in decoded.rejections
         ]
         by_position = dict(records)
-        events = self.gate.metrics.events
+        # Counted per channel and source once a batch, not once an event.
+        accepted: collections.Counter[tuple[int, str]] = collections.Counter()
         bodies = []
         for touch in decoded.touches:
             if touch.tenant != identity.tenant:
@@ -452,16 +453,21 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
                     )
                 )
                 continue
-            events.labels(
-                identity.tenant, CHANNELS[touch.channel], touch.source, "accepted"
-            ).inc()
+            accepted[touch.channel, touch.source] += 1
             body = by_position[touch.position]
             if msgpack_payload:
                 body = orjson.dumps(msgpack.unpackb(body))
             bodies.append(body)
         rejected.sort()
-        for _, _, code, _ in rejected:
-            self.gate.metrics.rejected.labels(identity.tenant, code).inc()
+        metrics = self.gate.metrics
+        events = metrics.events
+        for (channel, source), count in accepted.items():
+            events.labels(identity.tenant, CHANNELS[channel], source, "accepted").inc(
+                count
+            )
+        codes = collections.Counter(code for _, _, code, _ in rejected)
+        for code, count in codes.items():
+            metrics.rejected.labels(identity.tenant, code).inc(count)
         if rejected:
             # The channel and source of a rejected event may be what was
             # wrong with it: these count by tenant only.

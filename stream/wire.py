@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2, unknown_fields
 from google.protobuf.message import Message
 from touchstream.v1 import customers_pb2, events_pb2, interventions_pb2
 
@@ -59,8 +59,6 @@ def event_json(event: events_pb2.Event) -> dict[str, Any]:
 def unknown_field_numbers(message: Message) -> list[int]:
     """Field numbers this contract does not know, in the message itself and
     in the events it carries (a client built from a newer ``.proto``)."""
-    from google.protobuf import unknown_fields
-
     numbers = [field.field_number for field in unknown_fields.UnknownFieldSet(message)]
     for descriptor, value in message.ListFields():
         if descriptor.message_type is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import orjson
 
-from load_tests import bench
+from load_tests import bench, load
 from operators.decode import FORMATS
 from stream.cli_api import Handler, add_commands
 from stream.config import health_settings, load_config, load_csv_map
@@ -215,6 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_log_level(bench_parser, argparse.SUPPRESS)
     bench.add_arguments(bench_parser)
+    load_parser = commands.add_parser(
+        "load",
+        help="load a server of its own: open-loop rate, latency, faults",
+        description=(
+            "Start a server of its own and a subscriber, send events at an "
+            "open-loop rate (constant, stepped or a ramp), optionally do a "
+            "fault, and report the achieved rate, ack and end-to-end latency "
+            "(HdrHistogram, corrected for coordinated omission), lost and "
+            "duplicated interventions and the server's CPU and memory, as "
+            "report.json and report.png in --out."
+        ),
+    )
+    _add_log_level(load_parser, argparse.SUPPRESS)
+    load.add_arguments(load_parser)
     API_COMMANDS.update(
         add_commands(commands, lambda sub: _add_log_level(sub, argparse.SUPPRESS))
     )
@@ -247,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "explain": _explain,
             "replay": _replay,
             "bench": bench.run,
+            "load": load.run,
             **API_COMMANDS,
         }
         return command[args.command](args)

@@ -61,12 +61,17 @@ _SIGNAL_NAMES = {
 
 
 class KeyGroupBatch(msgspec.Struct, gc=False, array_like=True):
-    """One source batch's share for one key group, with the watermark input."""
+    """One source batch's share for one key group, with the watermark input.
+
+    ``key_group`` is the index of the key group it is for (-1 when the
+    sender does not say): bytewax does not tell a logic its key.
+    """
 
     partition: int
     touches: list[Touch]
     high_ms: int
     final: bool
+    key_group: int = -1
 
 
 class Counts(msgspec.Struct):
@@ -204,8 +209,10 @@ class KeyGroupActor:
 
     # The clock.
 
-    def _low_mark_ms(self) -> int:
-        """The watermark the partitions allow now, before lateness."""
+    def _low_mark_ms(self, excluding: int | None = None) -> int:
+        """The watermark the partitions allow now, before lateness; on the
+        live clock, at most the wall clock. `excluding` leaves out one
+        partition (live clock only)."""
         settings = self.settings
         high = self.partition_high_ms
         if not settings.clock.live:
@@ -217,16 +224,22 @@ class KeyGroupActor:
         active = [
             high[part]
             for part, seen in self.partition_seen_wall_ms.items()
-            if seen > idle_after and high.get(part, NO_TIME) != NO_TIME
+            if seen > idle_after
+            and high.get(part, NO_TIME) != NO_TIME
+            and part != excluding
         ]
-        return min(active) if active else now
+        if excluding is not None:
+            return min([*active, now])
+        return min(active, default=now)
 
     def _move_watermark(self) -> None:
         """Advance the watermark and decide what it passes."""
         low = self._low_mark_ms()
         if low == NO_TIME:
             return
-        mark = low - self.settings.clock.allowed_lateness_ms
+        self._move_to(low - self.settings.clock.allowed_lateness_ms)
+
+    def _move_to(self, mark: int) -> None:
         if mark <= self.watermark_ms:
             return
         self.watermark_ms = mark
@@ -286,6 +299,7 @@ class KeyGroupActor:
 
         for batch in batches:
             high_ms = batch.high_ms
+            read_high_ms = high.get(batch.partition, NO_TIME)
             if live:
                 now_ms = self.wall_ms()
                 self.partition_seen_wall_ms[batch.partition] = now_ms
@@ -300,7 +314,7 @@ class KeyGroupActor:
             if batch.touches:
                 fresh = self._dedupe(batch.touches, counts, rejections)
                 counts.applied += len(fresh)
-                self._apply(fresh)
+                self._apply(fresh, batch.partition, read_high_ms)
                 if self.settings.publish_customers:
                     self._touched.update(
                         (touch.tenant, touch.customer_id) for touch in fresh
@@ -311,7 +325,7 @@ class KeyGroupActor:
             counts.rejected = {"conflict": len(rejections)}
         return self._reports(counts, rejections)
 
-    def _apply(self, touches: list[Touch]) -> None:
+    def _apply(self, touches: list[Touch], partition: int, read_high_ms: int) -> None:
         table = self.table
         watermark = self.watermark_ms
         if self.settings.decisions is None:
@@ -319,9 +333,7 @@ class KeyGroupActor:
             return
         sink = _Decide(self)
         if self.settings.clock.live:
-            # Arrival order: only the watermark fires deadlines.
-            self._late += sum(1 for touch in touches if touch.ts_ms < watermark)
-            table.apply(touches, watermark, False, sink)
+            self._apply_live(touches, partition, read_high_ms, sink)
             return
         # Event-time order: before each touch, what comes before it is
         # decided; a value window closes before the first touch at or
@@ -334,6 +346,53 @@ class KeyGroupActor:
             if end < len(touches):
                 self._advance(touches[end].ts_ms, inclusive=False)
             start = end
+
+    def _apply_live(
+        self, touches: list[Touch], partition: int, high_ms: int, sink: _Decide
+    ) -> None:
+        """Arrival order, deciding as if the events came one at a time: each
+        raises its partition's high time, and what the watermark would then
+        pass is decided before the next is applied. A batch is then decided
+        alike whatever its size, such as the backlog a restarted engine
+        reads in large batches, where a silence and the touch that ends it
+        may arrive together."""
+        lateness_ms = self.settings.clock.allowed_lateness_ms
+        cap_ms = self._low_mark_ms(excluding=partition)
+        final_ms = min(max(high_ms, max(t.ts_ms for t in touches)), cap_ms)
+        due_ms = self._next_due_ms()
+        # Nothing pending falls due within the batch, nor can a deadline
+        # its own touches set (the shortest window after the earliest).
+        if (due_ms == NO_TIME or final_ms - lateness_ms <= due_ms) and (
+            final_ms - lateness_ms
+            <= min(t.ts_ms for t in touches) + self._shortest_window_ms()
+        ):
+            self._apply_arrived(touches, sink)
+            return
+        for touch in touches:
+            self._apply_arrived([touch], sink)
+            high_ms = max(high_ms, touch.ts_ms)
+            mark_ms = min(high_ms, cap_ms) - lateness_ms
+            due_ms = self._next_due_ms()
+            if due_ms != NO_TIME and mark_ms > due_ms:
+                self._move_to(mark_ms)
+
+    def _shortest_window_ms(self) -> int:
+        decisions = self.settings.decisions
+        assert decisions is not None
+        overrides = [rule.window_ms for rule in decisions.silence_overrides]
+        return min([decisions.silence_window_ms, *overrides])
+
+    def _apply_arrived(self, touches: list[Touch], sink: _Decide) -> None:
+        # Arrival order: only the watermark fires deadlines.
+        watermark = self.watermark_ms
+        self._late += sum(1 for touch in touches if touch.ts_ms < watermark)
+        self.table.apply(touches, watermark, False, sink)
+
+    def _next_due_ms(self) -> int:
+        """The earliest time at which something is decided: a deadline or
+        a value-window end; NO_TIME when nothing is pending."""
+        pending = [*self.next_boundary_ms.values(), self.table.next_deadline()]
+        return min((ms for ms in pending if ms != NO_TIME), default=NO_TIME)
 
     def notify_at_ms(self) -> int | None:
         """On the live clock, the wall time at which the watermark may next

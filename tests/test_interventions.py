@@ -413,3 +413,44 @@ def test_on_the_live_clock_a_resumed_actor_decides_its_backlog_in_event_time() -
         ("c1", format_time(start + 2 * HOUR_MS)),
         ("c2", format_time(start + 200 + 2 * HOUR_MS)),
     ]
+
+
+def test_on_the_live_clock_a_batch_is_decided_as_if_its_events_came_one_by_one() -> (
+    None
+):
+    # A restarted engine reads its backlog in large batches: the silence of
+    # c1 (due at 2 h), another customer's touch that moves time past it, and
+    # the touch that ends it arrive together.
+    start = ms("2024-03-01T10:00:00Z")
+    clock = [start + 4 * HOUR_MS]
+    touches = [
+        make_touch(ts_ms=start, event_id="m1"),
+        make_touch(ts_ms=start + 150 * 60_000, event_id="o1", customer_id="c2"),
+        make_touch(ts_ms=start + 3 * HOUR_MS, event_id="m2", digest=1),
+    ]
+    whole = live_actor(clock).on_batch(
+        [KeyGroupBatch(0, touches, start + 3 * HOUR_MS, False)]
+    )
+    actor = live_actor(clock)
+    one_by_one = [
+        actor.on_batch([KeyGroupBatch(0, [touch], touch.ts_ms, False)])
+        for touch in touches
+    ]
+
+    expected = [
+        ("silence", format_time(start + 2 * HOUR_MS), None),
+        ("silence_ended", format_time(start + 3 * HOUR_MS), "m2"),
+    ]
+    decided = [
+        (d.signal, d.event_time, d.trigger_event_id)
+        for report in whole
+        for d in report.interventions
+    ]
+    assert decided == expected
+    assert [
+        (d.signal, d.event_time, d.trigger_event_id)
+        for reports in one_by_one
+        for report in reports
+        for d in report.interventions
+    ] == expected
+    assert sum(report.counts.late for report in whole) == 0

@@ -18,6 +18,7 @@ of the whole input.
 from __future__ import annotations
 
 import bisect
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,9 @@ class KeyGroupBatch(msgspec.Struct, gc=False, array_like=True):
     high_ms: int
     final: bool
     key_group: int = -1
+    # The partition's high time just before each touch, in arrival order
+    # (empty: unknown, the touches before it in this share count).
+    highs_ms: list[int] = []
 
 
 class Counts(msgspec.Struct):
@@ -314,7 +318,15 @@ class KeyGroupActor:
             if batch.touches:
                 fresh = self._dedupe(batch.touches, counts, rejections)
                 counts.applied += len(fresh)
-                self._apply(fresh, batch.partition, read_high_ms)
+                highs = batch.highs_ms
+                if highs and len(fresh) != len(batch.touches):
+                    kept = {id(touch) for touch in fresh}
+                    highs = [
+                        high_ms
+                        for touch, high_ms in zip(batch.touches, highs, strict=True)
+                        if id(touch) in kept
+                    ]
+                self._apply(fresh, batch.partition, read_high_ms, highs)
                 if self.settings.publish_customers:
                     self._touched.update(
                         (touch.tenant, touch.customer_id) for touch in fresh
@@ -325,7 +337,13 @@ class KeyGroupActor:
             counts.rejected = {"conflict": len(rejections)}
         return self._reports(counts, rejections)
 
-    def _apply(self, touches: list[Touch], partition: int, read_high_ms: int) -> None:
+    def _apply(
+        self,
+        touches: list[Touch],
+        partition: int,
+        read_high_ms: int,
+        highs_ms: list[int],
+    ) -> None:
         table = self.table
         watermark = self.watermark_ms
         if self.settings.decisions is None:
@@ -333,7 +351,7 @@ class KeyGroupActor:
             return
         sink = _Decide(self)
         if self.settings.clock.live:
-            self._apply_live(touches, partition, read_high_ms, sink)
+            self._apply_live(touches, partition, read_high_ms, highs_ms, sink)
             return
         # Event-time order: before each touch, what comes before it is
         # decided; a value window closes before the first touch at or
@@ -348,33 +366,42 @@ class KeyGroupActor:
             start = end
 
     def _apply_live(
-        self, touches: list[Touch], partition: int, high_ms: int, sink: _Decide
+        self,
+        touches: list[Touch],
+        partition: int,
+        high_ms: int,
+        highs_ms: list[int],
+        sink: _Decide,
     ) -> None:
-        """Arrival order, deciding as if the events came one at a time: each
-        raises its partition's high time, and what the watermark would then
-        pass is decided before the next is applied. A batch is then decided
-        alike whatever its size, such as the backlog a restarted engine
-        reads in large batches, where a silence and the touch that ends it
-        may arrive together."""
+        """Arrival order, deciding as if the events came one at a time:
+        before each touch, time moves to its partition's high time then
+        (`highs_ms`, from the decode step, which saw the whole source batch;
+        else the touches before it) and what that passes is decided. A batch
+        is then decided alike whatever its size, such as the backlog a
+        restarted engine reads in large batches, where a silence and the
+        touch that ends it may arrive together."""
         lateness_ms = self.settings.clock.allowed_lateness_ms
         cap_ms = self._low_mark_ms(excluding=partition)
-        final_ms = min(max(high_ms, max(t.ts_ms for t in touches)), cap_ms)
+        highs = highs_ms or [
+            NO_TIME,
+            *itertools.accumulate([t.ts_ms for t in touches[:-1]], max),
+        ]
+        last_mark_ms = min(max(high_ms, highs[-1]), cap_ms) - lateness_ms
         due_ms = self._next_due_ms()
         # Nothing pending falls due within the batch, nor can a deadline
         # its own touches set (the shortest window after the earliest).
-        if (due_ms == NO_TIME or final_ms - lateness_ms <= due_ms) and (
-            final_ms - lateness_ms
-            <= min(t.ts_ms for t in touches) + self._shortest_window_ms()
+        if (due_ms == NO_TIME or last_mark_ms <= due_ms) and (
+            last_mark_ms <= min(t.ts_ms for t in touches) + self._shortest_window_ms()
         ):
             self._apply_arrived(touches, sink)
             return
-        for touch in touches:
-            self._apply_arrived([touch], sink)
-            high_ms = max(high_ms, touch.ts_ms)
+        for touch, before_ms in zip(touches, highs, strict=True):
+            high_ms = max(high_ms, before_ms)
             mark_ms = min(high_ms, cap_ms) - lateness_ms
             due_ms = self._next_due_ms()
             if due_ms != NO_TIME and mark_ms > due_ms:
                 self._move_to(mark_ms)
+            self._apply_arrived([touch], sink)
 
     def _shortest_window_ms(self) -> int:
         decisions = self.settings.decisions

@@ -454,3 +454,19 @@ def test_on_the_live_clock_a_batch_is_decided_as_if_its_events_came_one_by_one()
         for d in report.interventions
     ] == expected
     assert sum(report.counts.late for report in whole) == 0
+
+    # The key group holds only c1 and c3 (an outbound touch: no silence);
+    # the touch that moves time past the silence belongs to another key
+    # group, and reaches this one as the partition's high time just before
+    # c1's return (from the decode step).
+    other = make_touch(ts_ms=start + 10, event_id="x", customer_id="c3", inbound=False)
+    share = [touches[0], other, touches[2]]
+    highs = [-1, start, start + 150 * 60_000]
+    reports = live_actor(clock).on_batch(
+        [KeyGroupBatch(0, share, start + 3 * HOUR_MS, False, 0, highs)]
+    )
+    assert [
+        (d.signal, d.event_time, d.trigger_event_id)
+        for report in reports
+        for d in report.interventions
+    ] == expected

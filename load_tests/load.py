@@ -61,6 +61,7 @@ class LoadOptions:
     p99_bound_ms: float = 100.0
     drain_timeout_s: float = 120.0
     out: Path = Path("out/load")
+    data: Path | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,6 +180,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the server in Redis mode on a redis-server of its own",
     )
     add(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="keep the server's data folder here (default: a scratch folder, "
+        "removed at the end); it must not exist",
+    )
+    add(
         "--out",
         type=Path,
         default=Path("out/load"),
@@ -220,6 +228,9 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
             flag = "--" + name.replace("_", "-")
             msg = f"{flag}: expected a share from 0 to 1 - got {share}"
             raise UsageError(msg)
+    if args.data is not None and args.data.exists():
+        msg = f"--data {args.data} exists; expected a new folder"
+        raise UsageError(msg)
     if args.scenario == "restart-redis" and not args.redis:
         msg = "--scenario restart-redis needs --redis"
         raise UsageError(msg)
@@ -276,6 +287,7 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         ramp=args.ramp,
         p99_bound_ms=_duration_s(args.p99_bound, "--p99-bound") * 1000,
         out=args.out,
+        data=args.data,
     )
 
 

@@ -175,7 +175,9 @@ def build(result: LoadResult) -> dict[str, Any]:
             "end_to_end": latency(e2e),
         },
         "interventions": deliveries(result.subscriber, generated.returns),
-        "server": _resources(result.samples),
+        "server": _resources(
+            [sample for sample in result.samples if sample.at_s < duration_s]
+        ),
         "faults": [
             {**fault, "at_s": round(fault["at_s"] - result.started_at, 2)}
             for fault in result.faults
@@ -293,6 +295,8 @@ def _steps(
 
 
 def _resources(samples: list[Any]) -> dict[str, Any]:
+    """CPU (percent of one core) and resident memory of each process over
+    the load, the drain left out."""
     figures: dict[str, Any] = {}
     roles = sorted({role for sample in samples for role in sample.cpu_percent})
     for role in roles:

@@ -59,7 +59,7 @@ def run_load(options: LoadOptions) -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="touchstream-load-") as scratch:
         server = LoadServer(
             ServerPlan(
-                Path(scratch),
+                options.data or Path(scratch),
                 integrations=options.connections,
                 silence_window_ms=options.traffic.silence_window_ms,
                 allowed_lateness_ms=options.traffic.allowed_lateness_ms,

@@ -130,6 +130,11 @@ def add_commands(
     engine.add_argument("--until-drained", action="store_true")
     engine.add_argument("--params", type=Path, metavar="FILE")
     engine.add_argument("--horizon", metavar="DURATION")
+    engine.add_argument(
+        "--metrics-listen",
+        metavar="ADDRESS",
+        help="serve the engine's Prometheus metrics on http://ADDRESS/metrics",
+    )
 
     token = commands.add_parser(
         "token",
@@ -320,6 +325,7 @@ def _engine(args: argparse.Namespace) -> int:
             clock="event" if args.until_drained else "live",
             drain=args.until_drained,
             supervised=False,
+            metrics_listen=args.metrics_listen,
         )
     )
     return 0

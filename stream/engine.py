@@ -34,6 +34,7 @@ from bytewax.run import cli_main
 
 from operators.keygroup import Report
 from stream.config import Config, health_settings, load_config, parse_duration
+from stream.engine_metrics import EngineMetrics, MeteredSink, write_port_file
 from stream.flow import build_flow, reporting
 from stream.params import ParamsBook, load_params, value_settings
 from stream.replay import ReplayOptions, actor_settings, decode_settings
@@ -61,7 +62,9 @@ class EngineOptions:
     In Redis mode (``redis.url`` set) it reads the ingest partitions and
     writes to Redis; `data` then holds its checkpoints only. `clock` is
     ``live`` (the server's) or ``event`` (the replay clock); `drain` ends
-    the run once every partition has been read to its end.
+    the run once every partition has been read to its end. Its metrics are
+    served on a free loopback port named in `metrics_port_file` (the
+    server's way), or on `metrics_listen` (HOST:PORT).
     """
 
     data: Path
@@ -72,6 +75,8 @@ class EngineOptions:
     clock: str = "live"
     drain: bool = False
     supervised: bool = True
+    metrics_port_file: Path | None = None
+    metrics_listen: str | None = None
 
 
 def now_ms() -> int:
@@ -186,8 +191,11 @@ class StorePartition(StatelessSinkPartition[Report]):
         self.ingest.close()
 
 
-def build_engine(options: EngineOptions, stop: Any) -> tuple[Any, Config]:
-    """The engine's dataflow, and its configuration."""
+def build_engine(
+    options: EngineOptions, stop: Any, metrics: EngineMetrics | None = None
+) -> tuple[Any, Config]:
+    """The engine's dataflow, and its configuration; `metrics` counts what
+    it does."""
     config = load_config(options.config_path)
     params, source = load_params(options.params_path)
     value = value_settings(params, config, options.horizon, options.config_path)
@@ -237,7 +245,8 @@ def build_engine(options: EngineOptions, stop: Any) -> tuple[Any, Config]:
         actor,
         options.data,
         keep_snapshots=config.checkpoint.enabled,
-        sink=sink,
+        sink=sink if metrics is None else MeteredSink(sink, metrics),
+        observer=metrics,
     )
     return flow, config
 
@@ -275,21 +284,38 @@ def engine_main(options: EngineOptions) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    flow, config = build_engine(options, stop)
+    metrics = EngineMetrics()
+    flow, config = build_engine(options, stop, metrics)
     recovery = recovery_config(options.data, config)
     interval_ms = parse_duration(config.checkpoint.interval)
+    metrics_port = _serve_metrics(options, metrics)
     log.info(
-        "Engine: started data=%s checkpoints=%s interval_ms=%d",
+        "Engine: started data=%s checkpoints=%s interval_ms=%d metrics_port=%s",
         options.data,
         "on" if recovery is not None else "off",
         interval_ms,
+        metrics_port or "-",
     )
-    cli_main(  # type: ignore[no-untyped-call]
-        flow,
-        epoch_interval=timedelta(milliseconds=interval_ms),
-        recovery_config=recovery,
-    )
+    try:
+        cli_main(  # type: ignore[no-untyped-call]
+            flow,
+            epoch_interval=timedelta(milliseconds=interval_ms),
+            recovery_config=recovery,
+        )
+    finally:
+        metrics.close()
     log.info("Engine: stopped data=%s", options.data)
+
+
+def _serve_metrics(options: EngineOptions, metrics: EngineMetrics) -> int | None:
+    """Serve the engine's metrics where asked; return the port."""
+    if options.metrics_listen is not None:
+        return metrics.serve(options.metrics_listen, "--metrics-listen")
+    if options.metrics_port_file is None:
+        return None
+    port = metrics.serve("127.0.0.1:0", "--metrics-port-file")
+    write_port_file(options.metrics_port_file, port)
+    return port
 
 
 def start_engine(options: EngineOptions) -> subprocess.Popen[bytes]:
@@ -300,6 +326,7 @@ def start_engine(options: EngineOptions) -> subprocess.Popen[bytes]:
         ("--config", options.config_path),
         ("--params", options.params_path),
         ("--horizon", options.horizon),
+        ("--metrics-port-file", options.metrics_port_file),
     ):
         if value is not None:
             command += [flag, str(value)]
@@ -314,9 +341,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path)
     parser.add_argument("--horizon")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--metrics-port-file", type=Path)
     args = parser.parse_args(argv)
     engine_main(
-        EngineOptions(args.data, args.config, args.params, args.horizon, args.log_level)
+        EngineOptions(
+            args.data,
+            args.config,
+            args.params,
+            args.horizon,
+            args.log_level,
+            metrics_port_file=args.metrics_port_file,
+        )
     )
 
 

@@ -14,12 +14,13 @@ the watermark reaches key groups that bytewax cannot broadcast to.
 from __future__ import annotations
 
 import contextlib
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import bytewax.operators as op
 import msgspec
@@ -87,9 +88,15 @@ class DecodeStep:
         items: list[tuple[str, Any]] = [
             (
                 name,
-                KeyGroupBatch(batch.partition, share, decoded.max_ts_ms, batch.final),
+                KeyGroupBatch(
+                    batch.partition,
+                    share,
+                    decoded.max_ts_ms,
+                    batch.final,
+                    index,
+                ),
             )
-            for name, share in zip(self.names, shares, strict=True)
+            for index, (name, share) in enumerate(zip(self.names, shares, strict=True))
         ]
         rejected: dict[str, int] = {}
         for rejection in decoded.rejections:
@@ -101,20 +108,63 @@ class DecodeStep:
         return items
 
 
+class KeyGroupObserver(Protocol):
+    """What a run learns from its key groups (the engine's metrics and
+    lifecycle logs): told once a call of bytewax, never once an event."""
+
+    def resumed(
+        self,
+        logic: object,
+        state_bytes: int,
+        watermark_ms: int,
+        customers: int,
+        seconds: float,
+    ) -> None:
+        """A key group was built from its checkpoint (its index unknown)."""
+
+    def reported(
+        self, logic: object, key_group: int, watermark_ms: int, customers: int
+    ) -> None:
+        """A key group handled a batch or a timer; its watermark now."""
+
+    def snapshotted(
+        self, logic: object, state_bytes: int, customers: int, seconds: float
+    ) -> None:
+        """A key group's state was snapshotted for a checkpoint."""
+
+
 class KeyGroupLogic(StatefulBatchLogic[KeyGroupBatch, Report, bytes | None]):
     """Adapts a :class:`KeyGroupActor` to bytewax's stateful_batch."""
 
-    def __init__(self, actor: KeyGroupActor, keep_snapshots: bool) -> None:
+    def __init__(
+        self,
+        actor: KeyGroupActor,
+        keep_snapshots: bool,
+        observer: KeyGroupObserver | None = None,
+    ) -> None:
         self.actor = actor
         self.keep_snapshots = keep_snapshots
+        self.observer = observer
+        self.key_group = -1
 
     def on_batch(self, values: list[KeyGroupBatch]) -> tuple[list[Report], bool]:
         with reporting("key_groups"):
-            return self.actor.on_batch(values), StatefulBatchLogic.RETAIN
+            reports = self.actor.on_batch(values)
+        if self.observer is not None:
+            self.key_group = values[-1].key_group
+            self._report(self.observer)
+        return reports, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Report], bool]:
         with reporting("key_groups"):
-            return self.actor.on_eof(), StatefulBatchLogic.RETAIN
+            reports = self.actor.on_eof()
+        if self.observer is not None:
+            self._report(self.observer)
+        return reports, StatefulBatchLogic.RETAIN
+
+    def _report(self, observer: KeyGroupObserver) -> None:
+        actor = self.actor
+        observer.reported(self, self.key_group, actor.watermark_ms, len(actor.table))
 
     def notify_at(self) -> datetime | None:
         # The live clock's wake-up: bytewax calls on_notify at this wall time.
@@ -125,12 +175,26 @@ class KeyGroupLogic(StatefulBatchLogic[KeyGroupBatch, Report, bytes | None]):
 
     def on_notify(self) -> tuple[list[Report], bool]:
         with reporting("key_groups"):
-            return self.actor.on_notify(), StatefulBatchLogic.RETAIN
+            reports = self.actor.on_notify()
+        if self.observer is not None:
+            self._report(self.observer)
+        return reports, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
         # bytewax asks for a snapshot at every epoch even without recovery;
         # serialising the table is only worth it when recovery keeps it.
-        return self.actor.snapshot() if self.keep_snapshots else None
+        if not self.keep_snapshots:
+            return None
+        started = time.perf_counter()
+        state = self.actor.snapshot()
+        if self.observer is not None:
+            self.observer.snapshotted(
+                self,
+                len(state),
+                len(self.actor.table),
+                time.perf_counter() - started,
+            )
+        return state
 
 
 @dataclass(frozen=True)
@@ -238,16 +302,30 @@ def build_flow(
     keep_snapshots: bool = False,
     live: LiveOutput | None = None,
     sink: DynamicSink[Report] | None = None,
+    observer: KeyGroupObserver | None = None,
 ) -> Dataflow:
     """Wire the replay dataflow; `sink`, when given, takes the reports
-    instead of the part files in `parts_dir`."""
+    instead of the part files in `parts_dir`; `observer` hears from the
+    key groups."""
     flow = Dataflow("touchstream_replay")
     raw = op.input("read", flow, source)
     routed = op.flat_map("decode", raw, DecodeStep(decode, key_groups))
     split = op.branch("route", routed, lambda item: item[0] != REPORT_KEY)
 
     def build_logic(resume_state: bytes | None) -> KeyGroupLogic:
-        return KeyGroupLogic(actor.build(resume_state), keep_snapshots)
+        if observer is None or resume_state is None:
+            return KeyGroupLogic(actor.build(resume_state), keep_snapshots, observer)
+        started = time.perf_counter()
+        logic = KeyGroupLogic(actor.build(resume_state), keep_snapshots, observer)
+        built = logic.actor
+        observer.resumed(
+            logic,
+            len(resume_state),
+            built.watermark_ms,
+            len(built.table),
+            time.perf_counter() - started,
+        )
+        return logic
 
     groups = op.stateful_batch("key_groups", split.trues, build_logic)
     actor_reports = op.key_rm("actor_reports", groups)

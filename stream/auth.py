@@ -123,6 +123,10 @@ class Tokens:
     def identify(self, token: str) -> Identity | None:
         return self._by_digest.get(token_digest(token))
 
+    def tenants(self) -> list[str]:
+        """The tenants these tokens admit, each once."""
+        return sorted({identity.tenant for identity in self._by_digest.values()})
+
 
 def mask_money(value: Any) -> Any:
     """A copy of a JSON value without the money keys, at any depth."""

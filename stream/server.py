@@ -103,6 +103,8 @@ ENGINE_HEALTH = "touchstream.engine"
 REDIS_HEALTH = "touchstream.redis"
 TOKENS_FILE = "tokens.toml"
 LOCK_FILE = "serve.lock"
+# Where the engine process names its metrics port (with --metrics-listen).
+ENGINE_METRICS_PORT_FILE = "engine-metrics.port"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
@@ -178,6 +180,18 @@ class Stores:
             with self._lock:
                 self._opened.extend(stores)
         return stores
+
+    def intervention_log(self) -> Any:
+        """A connection to the intervention log of its own, for a caller
+        outside these threads (the metrics' scrapes)."""
+        url = self.config.redis.url
+        if url is None:
+            return InterventionLog(self.data / INTERVENTIONS_FILE)
+        from stream.redis_io import RedisSettings
+        from stream.redis_store import RedisInterventionLog
+
+        redis = self.config.redis
+        return RedisInterventionLog(RedisSettings(url, redis.prefix, redis.partitions))
 
     def _connect(self) -> tuple[Any, Any, Any]:
         url = self.config.redis.url
@@ -377,16 +391,25 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
         try:
             records = self._records(batch, identity.tenant)
         except BadBatch as ex:
-            metrics.batches.labels(identity.tenant, "INVALID_ARGUMENT").inc()
+            self._count_batch(identity, "INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
-        ack = await self.stores.write(
-            lambda ingest, _, __: self._append(ingest, identity, batch, records)
-        )
-        metrics.batches.labels(identity.tenant, "OK").inc()
-        metrics.ack_seconds.labels(identity.tenant).observe(
-            time.perf_counter() - started
-        )
+        try:
+            ack = await self.stores.write(
+                lambda ingest, _, __: self._append(ingest, identity, batch, records)
+            )
+        except Exception:
+            self._count_batch(identity, "UNKNOWN")  # gRPC's status for it
+            raise
+        self._count_batch(identity, "OK")
+        took_s = time.perf_counter() - started
+        metrics.ack_seconds.labels(identity.tenant).observe(took_s)
+        metrics.integration_ack_seconds.labels(identity.name).observe(took_s)
         return ack
+
+    def _count_batch(self, identity: Identity, status: str) -> None:
+        metrics = self.gate.metrics
+        metrics.batches.labels(identity.tenant, status).inc()
+        metrics.integration_batches.labels(identity.name, status).inc()
 
     def _records(
         self, batch: ingest_pb2.EventBatch, tenant: str
@@ -459,19 +482,6 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
                 body = orjson.dumps(msgpack.unpackb(body))
             bodies.append(body)
         rejected.sort()
-        metrics = self.gate.metrics
-        events = metrics.events
-        for (channel, source), count in accepted.items():
-            events.labels(identity.tenant, CHANNELS[channel], source, "accepted").inc(
-                count
-            )
-        codes = collections.Counter(code for _, _, code, _ in rejected)
-        for code, count in codes.items():
-            metrics.rejected.labels(identity.tenant, code).inc(count)
-        if rejected:
-            # The channel and source of a rejected event may be what was
-            # wrong with it: these count by tenant only.
-            events.labels(identity.tenant, "", "", "rejected").inc(len(rejected))
         foreign = sum(1 for row in rejected if row[2] == "wrong_tenant")
         if foreign:
             audit.warning(
@@ -486,6 +496,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
             now_ms(),
             [(batch.batch_id, *row) for row in rejected],
         )
+        # Counted once written: a write tried again (Redis) counts once.
+        self._count_events(identity, accepted, rejected)
         return ingest_pb2.PublishAck(
             batch_id=batch.batch_id,
             accepted=len(bodies),
@@ -497,6 +509,33 @@ class IngestService(ingest_pb2_grpc.IngestServicer):  # type: ignore[misc]
             ],
             last_offset=str(last) if bodies else "",
         )
+
+    def _count_events(
+        self,
+        identity: Identity,
+        accepted: collections.Counter[tuple[int, str]],
+        rejected: list[tuple[int, str | None, str, str]],
+    ) -> None:
+        metrics = self.gate.metrics
+        events = metrics.events
+        for (channel, source), count in accepted.items():
+            events.labels(identity.tenant, CHANNELS[channel], source, "accepted").inc(
+                count
+            )
+        codes = collections.Counter(code for _, _, code, _ in rejected)
+        for code, count in codes.items():
+            metrics.rejected.labels(identity.tenant, code).inc(count)
+        if rejected:
+            # The channel and source of a rejected event may be what was
+            # wrong with it: these count by tenant only.
+            events.labels(identity.tenant, "", "", "rejected").inc(len(rejected))
+        by_integration = metrics.integration_events
+        for outcome, count in (
+            ("accepted", sum(accepted.values())),
+            ("rejected", len(rejected)),
+        ):
+            if count:
+                by_integration.labels(identity.name, outcome).inc(count)
 
 
 def _with_format(decode: DecodeSettings, fmt: Any) -> DecodeSettings:
@@ -584,6 +623,15 @@ def _expired(ex: CursorExpired) -> grpc.Status:
 
 
 @dataclass
+class _StreamEnd:
+    """What a subscription sent, and why it ended, for its closing line."""
+
+    sent: int = 0
+    last: int = 0
+    reason: str = ""
+
+
+@dataclass
 class _InFlight:
     """The cursors sent to a subscriber and not yet acknowledged."""
 
@@ -633,17 +681,50 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
             )
         else:
             await self._check_not_past_end(tenant, cursor, "resume_after", context)
-        limits = self.limits
-        page = limits.server.page_size
-        sent = self.gate.metrics.sent
-        in_flight = _InFlight()
-        last_sent = time.monotonic()
         log.info(
             "Subscribe: opened tenant=%s subscriber=%s after=%d",
             tenant,
             subscriber,
             cursor,
         )
+        stream = _StreamEnd()
+        try:
+            async for message in self._send(identity, request, cursor, stream, context):
+                yield message
+        except (asyncio.CancelledError, GeneratorExit):
+            stream.reason = "client_gone"
+            raise
+        except BaseException:
+            stream.reason = stream.reason or "error"
+            raise
+        finally:
+            log.info(
+                "Subscribe: closed tenant=%s subscriber=%s sent=%d last=%d reason=%s",
+                tenant,
+                subscriber,
+                stream.sent,
+                stream.last,
+                stream.reason or "ended",
+            )
+
+    async def _send(
+        self,
+        identity: Identity,
+        request: interventions_pb2.SubscribeRequest,
+        cursor: int,
+        stream: _StreamEnd,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[interventions_pb2.InterventionMessage]:
+        """The messages after `cursor`: the log a page at a time, held while
+        the subscriber has the most unacknowledged messages it may, with
+        heartbeats when idle; UNAVAILABLE once the server stops."""
+        tenant, subscriber = identity.tenant, request.subscriber_id
+        limits = self.limits
+        page = limits.server.page_size
+        sent = self.gate.metrics.sent
+        in_flight = _InFlight()
+        last_sent = time.monotonic()
+        stream.last = cursor
         filters = Filters(
             frozenset(request.actions),
             request.min_priority,
@@ -655,6 +736,7 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
                     functools.partial(_read_page, tenant, cursor, page, filters)
                 )
             except CursorExpired as ex:
+                stream.reason = "cursor_expired"
                 status = _expired(ex)
                 await context.abort(
                     status.code, status.details, status.trailing_metadata
@@ -670,6 +752,8 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
                 )
                 sent.labels(tenant, item.get("action", "")).inc()
                 in_flight.sent.append(entry.cursor)
+                stream.sent += 1
+                stream.last = entry.cursor
                 last_sent = time.monotonic()
             cursor = reached
             if entries:
@@ -681,6 +765,7 @@ class InterventionsService(interventions_pb2_grpc.InterventionsServicer):  # typ
                 last_sent = time.monotonic()
             await _sleep_or(self.stopping, limits.poll_s)
         last = in_flight.sent[-1] if in_flight.sent else cursor
+        stream.reason = "server_stopping"
         await context.abort(
             grpc.StatusCode.UNAVAILABLE,
             f"the server is stopping; resume after cursor {last}, the last one "
@@ -1095,7 +1180,20 @@ class Server:
             options.params_path,
             options.horizon,
             options.log_level,
+            metrics_port_file=self._engine_port_file(),
         )
+
+    def _engine_port_file(self) -> Path | None:
+        if self.options.metrics_listen is None:
+            return None
+        return self.options.data / ENGINE_METRICS_PORT_FILE
+
+    def _start_engine(self) -> subprocess.Popen[bytes]:
+        port_file = self._engine_port_file()
+        if port_file is not None:
+            # The last engine's port is no one's now; the new one names its own.
+            port_file.unlink(missing_ok=True)
+        return start_engine(self._engine_options())
 
     def _decode(self) -> DecodeSettings:
         replay = ReplayOptions(
@@ -1167,6 +1265,7 @@ class Server:
                 )
             raise UsageError(msg)
         if self.options.metrics_listen is not None:
+            self._watch_with_metrics()
             self.metrics_port = self.metrics.serve(self.options.metrics_listen)
         await self.grpc.start()
         for name in (*SERVICE_NAMES, ""):
@@ -1179,7 +1278,7 @@ class Server:
             )
             self._tasks.append(asyncio.create_task(self._watch_redis()))
         if self.options.engine:
-            self._engine = start_engine(self._engine_options())
+            self._engine = self._start_engine()
             await self.health.set(ENGINE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
             self._tasks.append(asyncio.create_task(self._supervise_engine()))
         log.info(
@@ -1191,6 +1290,16 @@ class Server:
             len(self.tokens),
         )
         return self.port
+
+    def _watch_with_metrics(self) -> None:
+        """What the metrics work out when scraped: subscriber lag and, with
+        the engine, the engine's own metrics."""
+        self.metrics.watch_subscribers(
+            self.tokens.tenants(), self.stores.intervention_log, LAG_CAP
+        )
+        port_file = self._engine_port_file()
+        if self.options.engine and port_file is not None:
+            self.metrics.watch_engine(port_file)
 
     async def _trim_forever(self) -> None:
         every_s = min(60.0, max(0.1, self.limits.retention_ms / 4000))
@@ -1285,7 +1394,8 @@ class Server:
             if self.stopping.is_set():
                 return
             pause_s = min(30.0, pause_s * 2)
-            self._engine = start_engine(self._engine_options())
+            self.metrics.engine_restarts.inc()
+            self._engine = self._start_engine()
             await self.health.set(ENGINE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
 

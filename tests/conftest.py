@@ -38,7 +38,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 # threads after a server stops, and a process forked while they run (the
 # replay's bytewax workers are forked) was seen to spin forever in the
 # child: these tests run after every test that forks.
-IN_PROCESS_GRPC = {"test_api", "test_api_edges", "test_redis"}
+IN_PROCESS_GRPC = {"test_api", "test_api_edges", "test_metrics", "test_redis"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

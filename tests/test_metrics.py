@@ -1,10 +1,11 @@
 """The metrics of ``/metrics`` and the lifecycle logs, on a real server with
 real gRPC clients: every name is exposed, each moves by what was done, the
 engine's figures come through the server's port (also after the engine is
-killed)."""
+killed), and the Grafana dashboard shows every metric and no other name."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import signal
@@ -20,6 +21,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from touchstream.v1 import ingest_pb2, interventions_pb2
 
+from stream.engine_metrics import EngineMetrics
+from stream.metrics import ServerMetrics
 from tests.api_support import (
     Api,
     inbound,
@@ -32,6 +35,7 @@ from tests.api_support import (
 )
 
 NOW_MS = int(time.time() * 1000)
+DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana" / "touchstream.json"
 CHECKPOINTS = '[checkpoint]\ninterval = "1s"'
 
 
@@ -356,6 +360,44 @@ def test_a_killed_engine_is_scraped_again_once_restarted_and_logs_one_line_a_pha
     # Hundreds of events, a line for none of them.
     assert not [line for line in lines if re.search(r"\b[ec]\d+\b", line)]
     assert len(lines) < len(events) / 2
+
+
+def _exposed() -> dict[str, set[str]]:
+    """Every metric the server's /metrics may show, the engine's too, with
+    the names of its samples."""
+    server = ServerMetrics()
+    server.watch_subscribers([], lambda: None, 10)
+    server.watch_engine(Path("/nonexistent/engine-metrics.port"))
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "gauge": ("",),
+    }
+    return {
+        family.name: {family.name + suffix for suffix in suffixes[family.type]}
+        for registry in (server.registry, EngineMetrics().registry)
+        for family in registry.collect()
+    }
+
+
+def test_the_grafana_dashboard_shows_every_metric_and_asks_for_no_other() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = [
+        item for item in dashboard["templating"]["list"] if item["type"] == "datasource"
+    ]
+    assert (variable["name"], variable["query"]) == ("datasource", "prometheus")
+    panels = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in panels)
+    used = {
+        name
+        for panel in panels
+        for target in panel["targets"]
+        for name in re.findall(r"\btouchstream_\w+", target["expr"])
+    }
+    exposed = _exposed()
+    samples = set().union(*exposed.values())
+    assert sorted(used - samples) == []
+    assert sorted(family for family, names in exposed.items() if not names & used) == []
 
 
 def test_the_engine_alone_serves_its_metrics_on_metrics_listen(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from operators.decode import DecodeSettings
 from operators.keygroup import (
+    NO_TIME,
     Counts,
     KeyGroupActor,
     KeyGroupBatch,
@@ -80,10 +81,15 @@ class DecodeStep:
     def _split(self, batch: RawBatch) -> list[tuple[str, Any]]:
         decoded = self.decoder.decode_batch(batch.records)
         shares: list[list[Any]] = [[] for _ in range(self.key_groups)]
+        # The partition's high time just before each touch: on the live clock
+        # a key group moves time with it, touch by touch (operators/keygroup).
+        highs: list[list[int]] = [[] for _ in range(self.key_groups)]
+        high_ms = NO_TIME
         for touch in decoded.touches:
-            shares[key_group(touch.tenant, touch.customer_id, self.key_groups)].append(
-                touch
-            )
+            index = key_group(touch.tenant, touch.customer_id, self.key_groups)
+            shares[index].append(touch)
+            highs[index].append(high_ms)
+            high_ms = max(high_ms, touch.ts_ms)
 
         items: list[tuple[str, Any]] = [
             (
@@ -94,6 +100,7 @@ class DecodeStep:
                     decoded.max_ts_ms,
                     batch.final,
                     index,
+                    highs[index],
                 ),
             )
             for index, (name, share) in enumerate(zip(self.names, shares, strict=True))

@@ -148,8 +148,11 @@ class KeyGroupSettings(msgspec.Struct, frozen=True):
     currencies: dict[str, str] = {}
     default_currency: str = "USD"
     # On the live clock: report the record of every customer touched since
-    # the last report, evaluated at the wall time (the server's live view).
+    # the last report, evaluated at the wall time (the server's live view),
+    # at most once every `publish_every_ms`: a customer touched many times
+    # in between is evaluated once.
     publish_customers: bool = False
+    publish_every_ms: int = 0
     # The value settings in force, when they may change while running (a
     # reloaded parameter file); otherwise ``value`` holds for the run.
     value_source: Callable[[], ValueSettings] | None = None
@@ -207,6 +210,7 @@ class KeyGroupActor:
         self._pending: list[Intervention] = []
         self._late = 0
         self._touched: set[tuple[str, str]] = set()
+        self._published_ms = NO_TIME
         self._forget_cooldowns_at_ms = NO_TIME
         if resume_state is not None:
             self._restore(resume_state)
@@ -424,7 +428,8 @@ class KeyGroupActor:
     def notify_at_ms(self) -> int | None:
         """On the live clock, the wall time at which the watermark may next
         decide something: when an active partition turns idle, or, with all
-        idle, when the next deadline or window end is past the lateness."""
+        idle, when the next deadline or window end is past the lateness; or
+        when touched customers are next to be published."""
         settings = self.settings
         if not settings.clock.live or settings.decisions is None:
             return None
@@ -435,13 +440,16 @@ class KeyGroupActor:
             for seen in self.partition_seen_wall_ms.values()
             if seen + timeout > now
         ]
+        publish = []
+        if self._touched:
+            publish = [self._published_ms + settings.publish_every_ms]
         if expiries:
-            return min(expiries) + 1
+            return min([expiry + 1 for expiry in expiries] + publish)
         due = [self.table.next_deadline(), self._next_boundary(NO_TIME)[1]]
-        pending = [ms for ms in due if ms != NO_TIME]
-        if not pending:
-            return None
-        return int(min(pending)) + settings.clock.allowed_lateness_ms + 1
+        pending = [
+            ms + settings.clock.allowed_lateness_ms + 1 for ms in due if ms != NO_TIME
+        ]
+        return min(pending + publish, default=None)
 
     def on_notify(self) -> list[Report]:
         """The wall clock moved: move the watermark with it."""
@@ -452,7 +460,13 @@ class KeyGroupActor:
         interventions, self._pending = self._pending, []
         counts.late, self._late = self._late, 0
         counts.interventions = len(interventions)
-        customers, lineage = self._touched_customers()
+        customers: list[dict[str, Any]] = []
+        lineage: list[dict[str, Any]] = []
+        now_ms = self.wall_ms()
+        every_ms = self.settings.publish_every_ms
+        if self._touched and now_ms - self._published_ms >= every_ms:
+            customers, lineage = self._touched_customers()
+            self._published_ms = now_ms
         if (
             counts.applied == counts.duplicates == counts.late == 0
             and not rejections

@@ -160,6 +160,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     retention: str = "7d"
     heartbeat: str = "10s"
     poll_interval: str = "50ms"
+    customers_interval: str = "1s"
     keepalive: str = "30s"
     shutdown_grace: str = "5s"
     movers_history: str = "35d"
@@ -241,6 +242,7 @@ def load_config(path: Path | None) -> Config:
         ("server.retention", config.server.retention),
         ("server.heartbeat", config.server.heartbeat),
         ("server.poll_interval", config.server.poll_interval),
+        ("server.customers_interval", config.server.customers_interval),
         ("server.keepalive", config.server.keepalive),
         ("server.shutdown_grace", config.server.shutdown_grace),
         ("server.movers_history", config.server.movers_history),

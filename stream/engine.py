@@ -180,10 +180,12 @@ class StorePartition(StatelessSinkPartition[Report]):
                 by_tenant.setdefault(tenants.get(row[1], ""), []).append(row)
             for tenant, rows in sorted(by_tenant.items()):
                 self.ingest.append(tenant, [], at_ms, rows)
-        if customers:
-            self.customers.publish(customers, lineage, at_ms)
+        # Interventions first: subscribers wait on them, readers of
+        # customer records on nothing.
         if interventions:
             self.appended += self.interventions.append(interventions, at_ms)
+        if customers:
+            self.customers.publish(customers, lineage, at_ms)
 
     def close(self) -> None:
         self.interventions.close()
@@ -236,6 +238,7 @@ def build_engine(
         actor_settings(replay, partitions=partitions),
         position_name="offset" if redis_url is None else "position",
         publish_customers=live,
+        publish_every_ms=parse_duration(config.server.customers_interval),
         value_source=ParamsBook(options.params_path, value),
     )
     flow = build_flow(

@@ -470,3 +470,36 @@ def test_on_the_live_clock_a_batch_is_decided_as_if_its_events_came_one_by_one()
         for report in reports
         for d in report.interventions
     ] == expected
+
+
+def test_touched_customers_are_published_at_most_once_an_interval() -> None:
+    start = ms("2024-03-01T10:00:00Z")
+    clock = [start]
+    settings = KeyGroupSettings(
+        partitions=1,
+        decisions=DecisionSettings(silence_window_ms=2 * HOUR_MS),
+        rules=lambda: parse_rules(RULES, "rules.toml"),
+        clock=ClockSettings(live=True, allowed_lateness_ms=1000, idle_timeout_ms=500),
+        publish_customers=True,
+        publish_every_ms=1000,
+    )
+    actor = settings.build(wall_ms=lambda: clock[0])
+
+    def batch(event_id: str, customer_id: str) -> list[Any]:
+        touch = make_touch(ts_ms=clock[0], event_id=event_id, customer_id=customer_id)
+        return actor.on_batch([KeyGroupBatch(0, [touch], clock[0], False)])
+
+    (first,) = batch("e1", "c1")
+    assert [c["customer_id"] for c in first.customers] == ["c1"]
+    clock[0] = start + 300
+    (second,) = batch("e2", "c1")
+    clock[0] = start + 600
+    (third,) = batch("e3", "c2")
+    assert second.customers == third.customers == []
+    # Due a second after the last publication (before the partition idles).
+    assert actor.notify_at_ms() == start + 1000
+    clock[0] = start + 1000
+    (flushed,) = actor.on_notify()
+    assert [c["customer_id"] for c in flushed.customers] == ["c1", "c2"]
+    assert flushed.customers[0]["channels"]["store"]["inbound"] == 2
+    assert actor.notify_at_ms() == start + 600 + 500 + 1

@@ -76,6 +76,9 @@ class KeyGroupBatch(msgspec.Struct, gc=False, array_like=True):
     # The partition's high time just before each touch, in arrival order
     # (empty: unknown, the touches before it in this share count).
     highs_ms: list[int] = []
+    # The partition had more to read: it is not idle, however long the
+    # next batch takes (a busy or paused engine, not a quiet input).
+    behind: bool = False
 
 
 class Counts(msgspec.Struct):
@@ -201,6 +204,7 @@ class KeyGroupActor:
         self.deduper = Deduper(settings.dedupe_span_ms)
         self.partition_high_ms: dict[int, int] = {}
         self.partition_seen_wall_ms: dict[int, int] = {}
+        self.partition_behind: dict[int, bool] = {}
         self.watermark_ms = NO_TIME
         # The next value-window boundary of each time zone in use.
         self.next_boundary_ms: dict[str, int] = {}
@@ -229,10 +233,11 @@ class KeyGroupActor:
             return min(high.values())
         now = self.wall_ms()
         idle_after = now - settings.clock.idle_timeout_ms
+        behind = self.partition_behind
         active = [
             high[part]
             for part, seen in self.partition_seen_wall_ms.items()
-            if seen > idle_after
+            if (seen > idle_after or behind.get(part, False))
             and high.get(part, NO_TIME) != NO_TIME
             and part != excluding
         ]
@@ -311,6 +316,7 @@ class KeyGroupActor:
             if live:
                 now_ms = self.wall_ms()
                 self.partition_seen_wall_ms[batch.partition] = now_ms
+                self.partition_behind[batch.partition] = batch.behind
                 # An event ahead of the wall clock (within the allowed skew)
                 # is applied, but never moves time past the wall clock: one
                 # skewed source must not decide for everyone early.
@@ -435,10 +441,11 @@ class KeyGroupActor:
             return None
         now = self.wall_ms()
         timeout = settings.clock.idle_timeout_ms
+        behind = self.partition_behind
         expiries = [
             seen + timeout
-            for seen in self.partition_seen_wall_ms.values()
-            if seen + timeout > now
+            for part, seen in self.partition_seen_wall_ms.items()
+            if seen + timeout > now and not behind.get(part, False)
         ]
         publish = []
         if self._touched:

@@ -108,6 +108,7 @@ class IngestLogPartition(StatefulSourcePartition[RawBatch, int]):
         self.log = IngestLog(source.path)
         self.offset = offset
         self._idle = False
+        self._behind = False
 
     def next_batch(self) -> list[RawBatch]:
         stopping = self.source.stop.is_set()
@@ -116,7 +117,12 @@ class IngestLogPartition(StatefulSourcePartition[RawBatch, int]):
         if rows:
             self.offset = rows[-1][0]
             records: list[RawRecord] = rows
-            return [RawBatch(0, records, False)]
+            self._behind = len(rows) == self.source.batch_size
+            return [RawBatch(0, records, False, behind=self._behind)]
+        if self._behind:
+            # Caught up: say so, so that idleness is timed from now.
+            self._behind = False
+            return [RawBatch(0, [], False)]
         if stopping:
             raise StopIteration
         return []

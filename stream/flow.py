@@ -101,6 +101,7 @@ class DecodeStep:
                     batch.final,
                     index,
                     highs[index],
+                    batch.behind,
                 ),
             )
             for index, (name, share) in enumerate(zip(self.names, shares, strict=True))

@@ -188,6 +188,7 @@ class RedisIngestPartition(StatefulSourcePartition[RawBatch, str]):
         self.client: Any = source.settings.client()
         self._idle = False
         self._ended = False
+        self._behind = False
 
     def next_batch(self) -> list[RawBatch]:
         if self._ended:
@@ -206,7 +207,12 @@ class RedisIngestPartition(StatefulSourcePartition[RawBatch, str]):
                 (position_of(entry_id), fields.get(b"event", b""))
                 for entry_id, fields in entries
             ]
-            return [RawBatch(self.index, records, False)]
+            self._behind = len(entries) == self.source.batch_size
+            return [RawBatch(self.index, records, False, behind=self._behind)]
+        if self._behind:
+            # Caught up: say so, so that idleness is timed from now.
+            self._behind = False
+            return [RawBatch(self.index, [], False)]
         if self.source.drain or stopping:
             self._ended = True
             return [RawBatch(self.index, [], True)]

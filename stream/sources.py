@@ -34,11 +34,14 @@ csv.field_size_limit(2**31 - 1)
 
 @dataclass(frozen=True)
 class RawBatch:
-    """One batch read by one source partition."""
+    """One batch read by one source partition; `behind` when the partition
+    had more to read than the batch holds (a full batch), so that a pause
+    before the next one is the reader's, not the input's idleness."""
 
     partition: int
     records: list[RawRecord]
     final: bool
+    behind: bool = False
 
 
 # Splitting files into raw records.
@@ -324,6 +327,7 @@ class FollowPartition(StatefulSourcePartition[RawBatch, int]):
         self.line_no = self.file.read(offset).count(b"\n") if offset else 0
         self.file.seek(offset)
         self._idle = False
+        self._behind = False
 
     def next_batch(self) -> list[RawBatch]:
         stopping = self.stop is not None and self.stop.is_set()
@@ -344,7 +348,13 @@ class FollowPartition(StatefulSourcePartition[RawBatch, int]):
                 records.append((self.line_no, line.rstrip(b"\r\n")))
         self._idle = not records
         if records:
-            return [RawBatch(self.index, records, False)]
+            full = len(records) == self.batch_size
+            self._behind = full
+            return [RawBatch(self.index, records, False, behind=full)]
+        if self._behind:
+            # Caught up: say so, so that idleness is timed from now.
+            self._behind = False
+            return [RawBatch(self.index, [], False)]
         if stopping:
             self.file.close()
             raise StopIteration

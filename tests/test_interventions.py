@@ -503,3 +503,33 @@ def test_touched_customers_are_published_at_most_once_an_interval() -> None:
     assert [c["customer_id"] for c in flushed.customers] == ["c1", "c2"]
     assert flushed.customers[0]["channels"]["store"]["inbound"] == 2
     assert actor.notify_at_ms() == start + 600 + 500 + 1
+
+
+def test_a_partition_with_more_to_read_is_not_idle_however_long_the_engine_takes() -> (
+    None
+):
+    # The engine paused (a checkpoint, a busy machine) after a full batch:
+    # the input is not idle, so time must not jump to the wall clock and
+    # make what is still to be read late.
+    start = ms("2024-03-01T10:00:00Z")
+    clock = [start + 3 * HOUR_MS]
+    actor = live_actor(clock)
+    first = make_touch(ts_ms=start, event_id="m1")
+    actor.on_batch([KeyGroupBatch(0, [first], start, False, behind=True)])
+    clock[0] += 10_000  # far past the idle timeout of 500 ms
+    assert actor.on_notify() == []
+    assert actor.watermark_ms == start - 1000
+
+    # Read on: the touch ending the silence is on time, not late.
+    back = make_touch(ts_ms=start + 150 * 60_000, event_id="m2", digest=1)
+    later = make_touch(ts_ms=start + 130 * 60_000, event_id="o1", customer_id="c2")
+    (report,) = actor.on_batch(
+        [KeyGroupBatch(0, [later, back], start + 150 * 60_000, False)]
+    )
+    assert report.counts.late == 0
+    assert [(d.signal, d.trigger_event_id) for d in report.interventions] == [
+        ("silence", None),
+        ("silence_ended", "m2"),
+    ]
+    # Caught up: idle after the timeout, and then time follows the wall clock.
+    assert actor.notify_at_ms() == clock[0] + 500 + 1

@@ -180,6 +180,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the server in Redis mode on a redis-server of its own",
     )
     add(
+        "--drain-timeout",
+        default="120s",
+        metavar="DURATION",
+        help="how long to wait after the load for the engine to catch up "
+        "(default 120s)",
+    )
+    add(
         "--data",
         type=Path,
         metavar="DIR",
@@ -288,6 +295,7 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         p99_bound_ms=_duration_s(args.p99_bound, "--p99-bound") * 1000,
         out=args.out,
         data=args.data,
+        drain_timeout_s=_duration_s(args.drain_timeout, "--drain-timeout"),
     )
 
 

@@ -174,7 +174,10 @@ def build(result: LoadResult) -> dict[str, Any]:
             "ack_service": latency(generated.service),
             "end_to_end": latency(e2e),
         },
-        "interventions": deliveries(result.subscriber, generated.returns),
+        "interventions": {
+            **deliveries(result.subscriber, generated.returns),
+            "drained": result.sentinels_seen == result.sentinels,
+        },
         "server": _resources(
             [sample for sample in result.samples if sample.at_s < duration_s]
         ),
@@ -470,6 +473,12 @@ def summary(result: LoadResult) -> str:
         f"{deliveries['expected_returns']} returns expected, "
         f"{deliveries['lost']} lost, duplicated {deliveries['duplicated']}"
     )
+    if not deliveries["drained"]:
+        lines.append(
+            "not drained: the engine had not decided everything sent within "
+            f"{result.options.drain_timeout_s:.0f} s of the end; lost counts "
+            "what had not arrived by then"
+        )
     if "slow_subscriber" in body:
         slow = body["slow_subscriber"]
         lines.append(

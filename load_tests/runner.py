@@ -262,12 +262,14 @@ def _wait_for_triggers(
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = interventions_pb2_grpc.InterventionsStub(channel)
+        metadata = (("authorization", f"Bearer {token}"),)
         call = stub.Subscribe(
             interventions_pb2.SubscribeRequest(subscriber_id="load-drain"),
-            metadata=(("authorization", f"Bearer {token}"),),
+            metadata=metadata,
             timeout=timeout_s,
         )
         found = 0
+        read = 0
         try:
             for message in call:
                 if message.intervention.trigger_event_id in wanted:
@@ -275,6 +277,16 @@ def _wait_for_triggers(
                     found += 1
                 if not wanted or time.monotonic() > deadline:
                     break
+                read += 1
+                if read % 1000 == 0:
+                    # Past server.max_unacked unacked messages it would wait.
+                    stub.Ack(
+                        interventions_pb2.AckRequest(
+                            subscriber_id="load-drain", cursor=message.cursor
+                        ),
+                        metadata=metadata,
+                        timeout=10,
+                    )
         except grpc.RpcError:
             pass
         finally:

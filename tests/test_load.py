@@ -252,6 +252,7 @@ def test_a_run_with_the_engine_killed_reports_every_figure_and_loses_nothing(
         assert figures["rss_mib_max"] > 0 and figures["cpu_percent_mean"] is not None
     assert [fault["kind"] for fault in report["faults"]] == ["kill-engine"]
     assert report["drain"]["sentinels_seen"] == report["drain"]["sentinels"] == 1
+    assert report["interventions"]["drained"] is True
     deliveries = report["interventions"]
     assert deliveries["expected_returns"] > 20
     assert deliveries["lost"] == 0

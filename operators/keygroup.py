@@ -325,8 +325,8 @@ class KeyGroupActor:
                 high[batch.partition] = high_ms
             elif batch.partition not in high:
                 high[batch.partition] = NO_TIME
-            if batch.touches:
-                fresh = self._dedupe(batch.touches, counts, rejections)
+            fresh = self._dedupe(batch.touches, counts, rejections)
+            if fresh:
                 counts.applied += len(fresh)
                 highs = batch.highs_ms
                 if highs and len(fresh) != len(batch.touches):

@@ -108,7 +108,10 @@ class IngestLogPartition(StatefulSourcePartition[RawBatch, int]):
         self.log = IngestLog(source.path)
         self.offset = offset
         self._idle = False
-        self._behind = False
+        # Until the first read finds the end: then an empty batch says the
+        # partition caught up (it also reaches key groups resumed from a
+        # checkpoint when nothing new comes).
+        self._behind = True
 
     def next_batch(self) -> list[RawBatch]:
         stopping = self.source.stop.is_set()

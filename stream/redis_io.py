@@ -188,7 +188,10 @@ class RedisIngestPartition(StatefulSourcePartition[RawBatch, str]):
         self.client: Any = source.settings.client()
         self._idle = False
         self._ended = False
-        self._behind = False
+        # Until the first read finds the end: then an empty batch says the
+        # partition caught up (it also reaches key groups resumed from a
+        # checkpoint when nothing new comes).
+        self._behind = True
 
     def next_batch(self) -> list[RawBatch]:
         if self._ended:

@@ -327,7 +327,10 @@ class FollowPartition(StatefulSourcePartition[RawBatch, int]):
         self.line_no = self.file.read(offset).count(b"\n") if offset else 0
         self.file.seek(offset)
         self._idle = False
-        self._behind = False
+        # Until the first read finds the end: then an empty batch says the
+        # partition caught up (it also reaches key groups resumed from a
+        # checkpoint when nothing new comes).
+        self._behind = True
 
     def next_batch(self) -> list[RawBatch]:
         stopping = self.stop is not None and self.stop.is_set()

@@ -533,3 +533,13 @@ def test_a_partition_with_more_to_read_is_not_idle_however_long_the_engine_takes
     ]
     # Caught up: idle after the timeout, and then time follows the wall clock.
     assert actor.notify_at_ms() == clock[0] + 500 + 1
+
+
+def test_a_live_share_of_duplicates_only_is_counted_and_applies_nothing() -> None:
+    start = ms("2024-03-01T10:00:00Z")
+    clock = [start]
+    actor = live_actor(clock)
+    touch = make_touch(ts_ms=start, event_id="m1")
+    actor.on_batch([KeyGroupBatch(0, [touch], start, False)])
+    (again,) = actor.on_batch([KeyGroupBatch(0, [touch], start, False)])
+    assert (again.counts.applied, again.counts.duplicates) == (0, 1)

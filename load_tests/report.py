@@ -364,6 +364,9 @@ def draw(body: dict[str, Any], result: LoadResult, path: Path) -> None:
         label="accepted ev/s",
     )
     rates.set_ylabel("events per second")
+    # From zero: batches make the per-second counts step, which an axis
+    # fitted to them would magnify.
+    rates.set_ylim(0, 1.25 * max([row["due"] for row in timeline], default=1))
     for fault in body["faults"]:
         over_time.axvline(fault["at_s"], color="red", lw=1)
         over_time.annotate(fault["kind"], (fault["at_s"], 1), color="red", fontsize=8)

@@ -215,6 +215,7 @@ class KeyGroupActor:
         self._late = 0
         self._touched: set[tuple[str, str]] = set()
         self._published_ms = NO_TIME
+        self._notify_wanted_ms: int | None = None
         self._forget_cooldowns_at_ms = NO_TIME
         if resume_state is not None:
             self._restore(resume_state)
@@ -432,6 +433,10 @@ class KeyGroupActor:
         return min((ms for ms in pending if ms != NO_TIME), default=NO_TIME)
 
     def notify_at_ms(self) -> int | None:
+        self._notify_wanted_ms = self._next_notify_ms()
+        return self._notify_wanted_ms
+
+    def _next_notify_ms(self) -> int | None:
         """On the live clock, the wall time at which the watermark may next
         decide something: when an active partition turns idle, or, with all
         idle, when the next deadline or window end is past the lateness; or
@@ -459,7 +464,20 @@ class KeyGroupActor:
         return min(pending + publish, default=None)
 
     def on_notify(self) -> list[Report]:
-        """The wall clock moved: move the watermark with it."""
+        """The wall clock moved: move the watermark with it.
+
+        A wake-up later than asked for by over half the idle timeout means
+        the engine itself was held up (a checkpoint, a busy machine, a store
+        it waited for), not that the input went quiet: what arrived
+        meanwhile is still to be read, so the partitions count as seen now
+        rather than idle, and their events are decided, not late."""
+        wanted_ms = self._notify_wanted_ms
+        now_ms = self.wall_ms()
+        stall_ms = self.settings.clock.idle_timeout_ms // 2
+        if wanted_ms is not None and now_ms - wanted_ms > stall_ms:
+            self.partition_seen_wall_ms = dict.fromkeys(
+                self.partition_seen_wall_ms, now_ms
+            )
         self._move_watermark()
         return self._reports(Counts(), [])
 

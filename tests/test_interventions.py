@@ -543,3 +543,28 @@ def test_a_live_share_of_duplicates_only_is_counted_and_applies_nothing() -> Non
     actor.on_batch([KeyGroupBatch(0, [touch], start, False)])
     (again,) = actor.on_batch([KeyGroupBatch(0, [touch], start, False)])
     assert (again.counts.applied, again.counts.duplicates) == (0, 1)
+
+
+def test_a_wake_up_long_after_it_was_asked_for_is_a_stalled_engine_not_idleness() -> (
+    None
+):
+    # The engine was held up (a store it waited for) past the idle timeout:
+    # events written meanwhile are still to be read and must not be late.
+    start = ms("2024-03-01T10:00:00Z")
+    clock = [start]
+    actor = live_actor(clock)
+    actor.on_batch([KeyGroupBatch(0, [make_touch(ts_ms=start)], start, False)])
+    assert actor.notify_at_ms() == start + 500 + 1
+    clock[0] = start + 3_000  # woken 2.5 s late
+    actor.on_notify()
+    assert actor.watermark_ms == start - 1000
+    late_read = make_touch(ts_ms=start + 1_500, event_id="m2", digest=1)
+    (report,) = actor.on_batch([KeyGroupBatch(0, [late_read], start + 1_500, False)])
+    assert report.counts.late == 0
+
+    # Woken on time with nothing read since: idle, time follows the clock.
+    wanted = actor.notify_at_ms()
+    assert wanted == clock[0] + 500 + 1
+    clock[0] = wanted
+    actor.on_notify()
+    assert actor.watermark_ms == wanted - 1000

@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 import psutil
 
+from load_tests.orphans import stop_with_parent
 from load_tests.redis_server import RedisServer, free_port
 from load_tests.traffic import TENANT
 from stream.auth import new_token, token_digest
@@ -105,6 +106,7 @@ class LoadServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=os.environ.copy(),
+            preexec_fn=stop_with_parent,
         )
         log.close()
         deadline = time.monotonic() + 60

@@ -27,6 +27,7 @@ import grpc
 from hdrh.histogram import HdrHistogram
 from touchstream.v1 import interventions_pb2, interventions_pb2_grpc
 
+from load_tests.orphans import stop_with_parent
 from load_tests.traffic import due_us_of
 
 # Latencies in microseconds, up to an hour, three significant digits.
@@ -172,5 +173,6 @@ class _Follower:
 
 def follow(plan: SubscriberPlan, stop: Event, go_on: Event, out: Connection) -> None:
     """The subscriber process: follow until `stop`, then send the result."""
+    stop_with_parent()
     out.send(_Follower(plan, stop, go_on).run())
     out.close()

@@ -1,5 +1,9 @@
 """The load tool's processes end with it, even when it is killed with
-SIGKILL, rather than run on orphaned."""
+SIGKILL, rather than run on orphaned.
+
+Linux sends the signal when the thread that started the process ends, not
+only the process: start them from the main thread (the redis-server is not
+covered, as a fault scenario restarts it from a worker thread)."""
 
 from __future__ import annotations
 

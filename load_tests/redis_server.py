@@ -13,8 +13,6 @@ from pathlib import Path
 
 import redis
 
-from load_tests.orphans import stop_with_parent
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -59,7 +57,6 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=stop_with_parent,
         )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 30

@@ -149,7 +149,6 @@ class LoadServer:
             'rules = "rules.toml"\n'
             f'[silence]\nwindow = "{plan.silence_window_ms}ms"\n'
             f'[clock]\nallowed_lateness = "{plan.allowed_lateness_ms}ms"\n'
-            'idle_timeout = "1s"\n'
             f'[server]\ntokens = "tokens.toml"\n'
             f'poll_interval = "{plan.poll_interval_ms}ms"\n'
             f'[checkpoint]\ninterval = "{plan.checkpoint_interval_s}s"\n'

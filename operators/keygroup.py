@@ -310,6 +310,8 @@ class KeyGroupActor:
         rejections: list[Rejection] = []
         high = self.partition_high_ms
         live = self.settings.clock.live
+        if live:
+            self._forgive_stall()
 
         for batch in batches:
             high_ms = batch.high_ms
@@ -466,20 +468,29 @@ class KeyGroupActor:
     def on_notify(self) -> list[Report]:
         """The wall clock moved: move the watermark with it.
 
-        A wake-up later than asked for by over half the idle timeout means
-        the engine itself was held up (a checkpoint, a busy machine, a store
-        it waited for), not that the input went quiet: what arrived
-        meanwhile is still to be read, so the partitions count as seen now
-        rather than idle, and their events are decided, not late."""
+        A call (a wake-up, or a batch) later than the wake-up asked for by
+        over half the idle timeout means the engine itself was held up (a
+        checkpoint, a busy machine, a store it waited for), not that the
+        input went quiet: what arrived meanwhile is still to be read, so the
+        partitions count as seen now rather than idle, and their events are
+        decided, not late."""
+        self._forgive_stall()
+        self._move_watermark()
+        return self._reports(Counts(), [])
+
+    def _forgive_stall(self) -> None:
+        """Called back later than asked by over half the idle timeout (by
+        bytewax, with a batch or a wake-up): the engine was held up, so the
+        partitions count as seen now."""
         wanted_ms = self._notify_wanted_ms
+        if wanted_ms is None:
+            return
         now_ms = self.wall_ms()
-        stall_ms = self.settings.clock.idle_timeout_ms // 2
-        if wanted_ms is not None and now_ms - wanted_ms > stall_ms:
+        if now_ms - wanted_ms > self.settings.clock.idle_timeout_ms // 2:
             self.partition_seen_wall_ms = dict.fromkeys(
                 self.partition_seen_wall_ms, now_ms
             )
-        self._move_watermark()
-        return self._reports(Counts(), [])
+        self._notify_wanted_ms = None
 
     def _reports(self, counts: Counts, rejections: list[Rejection]) -> list[Report]:
         interventions, self._pending = self._pending, []

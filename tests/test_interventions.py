@@ -568,3 +568,29 @@ def test_a_wake_up_long_after_it_was_asked_for_is_a_stalled_engine_not_idleness(
     clock[0] = wanted
     actor.on_notify()
     assert actor.watermark_ms == wanted - 1000
+
+
+def test_a_batch_of_one_partition_after_a_stall_does_not_make_the_others_idle() -> None:
+    # Two partitions; the engine stalls (Redis down). The first partition
+    # read afterwards must not leave the other out of the low mark: its
+    # backlog is still to be read.
+    start = ms("2024-03-01T10:00:00Z")
+    clock = [start]
+    settings = KeyGroupSettings(
+        partitions=2,
+        decisions=DecisionSettings(silence_window_ms=2 * HOUR_MS),
+        rules=lambda: parse_rules(RULES, "rules.toml"),
+        clock=ClockSettings(live=True, allowed_lateness_ms=200, idle_timeout_ms=1000),
+    )
+    actor = settings.build(wall_ms=lambda: clock[0])
+    for part in (0, 1):
+        touch = make_touch(ts_ms=start, event_id=f"m{part}", customer_id=f"c{part}")
+        actor.on_batch([KeyGroupBatch(part, [touch], start, False)])
+    assert actor.notify_at_ms() == start + 1000 + 1
+    clock[0] = start + 3_000  # held up 2 s past the wake-up it asked for
+    fresh = make_touch(ts_ms=start + 2_900, event_id="n0", customer_id="c0")
+    actor.on_batch([KeyGroupBatch(0, [fresh], start + 2_900, False)])
+    assert actor.watermark_ms == start - 200  # partition 1 still counts
+    backlog = make_touch(ts_ms=start + 500, event_id="n1", customer_id="c1")
+    (report,) = actor.on_batch([KeyGroupBatch(1, [backlog], start + 500, False)])
+    assert report.counts.late == 0

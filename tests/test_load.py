@@ -269,3 +269,28 @@ def test_a_stalled_subscriber_gets_everything_once_it_reads_again(
     assert slow["expected_returns"] == report["interventions"]["expected_returns"] > 10
     assert slow["lost"] == 0 and slow["duplicated"]["same_id"] == 0
     assert report["interventions"]["lost"] == 0
+
+
+def test_a_redis_restart_during_a_run_fails_no_request_and_repeats_nothing(
+    tmp_path: Path,
+) -> None:
+    report = _load(
+        tmp_path, "--redis", "--duration", "10s", "--scenario", "restart-redis",
+        "--fault-at", "3s", "--silence-window", "5s", "--allowed-lateness", "2s",
+        "--drain-timeout", "60s",
+    )  # fmt: skip
+    assert [fault["kind"] for fault in report["faults"]] == ["restart-redis"]
+    assert report["requests"]["by_status"] == {"OK": 80}
+    assert report["events"]["accepted"] == 8000
+    # Acks waited for Redis: up to the 3 s it was down.
+    assert report["latency_ms"]["ack"]["max"] >= 1000
+    assert "redis" in report["server"]
+    deliveries = report["interventions"]
+    assert deliveries["received"] > 0
+    assert deliveries["duplicated"]["same_id"] == 0
+    # TODO(partitions read one after another): after an outage each Redis
+    # ingest partition's backlog is read in a batch of its own, so the first
+    # one read is applied while the others hold time back; a silence due in
+    # that gap fires after the return that should end it, and such returns
+    # count as lost here (0 to a few in 30). Lost is not asserted until the
+    # partitions are read in append-time step.

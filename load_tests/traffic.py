@@ -25,25 +25,15 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from load_tests.generate import CHANNEL_WEIGHTS, KIND_MIX
 from operators.events import CHANNELS
 
 TENANT = "load"
-# Engagement kinds and their direction (None: either), by weight.
-ENGAGEMENT = (
-    ("message", 30, None),
-    ("content_view", 18, "inbound"),
-    ("visit", 8, "inbound"),
-    ("call", 8, None),
-    ("inquiry", 6, "inbound"),
-    ("meeting", 3, "outbound"),
-    ("quote_sent", 3, "outbound"),
-    ("ticket_opened", 2, "inbound"),
-    ("ticket_resolved", 2, "outbound"),
-    ("complaint", 1, "inbound"),
-    ("nps", 2, "inbound"),
-    ("stage_change", 1, "outbound"),
-)
-DEFAULT_CHANNEL_MIX = dict(zip(CHANNELS, (25, 15, 5, 10, 15, 15, 5, 10), strict=True))
+# Engagement, service and NPS kinds and their direction (None: either), by
+# weight: the offline generator's mix less orders and refunds, which
+# --order-share sets.
+ENGAGEMENT = tuple(kind for kind in KIND_MIX if kind[0] not in ("order", "refund"))
+DEFAULT_CHANNEL_MIX = dict(zip(CHANNELS, CHANNEL_WEIGHTS, strict=True))
 SOURCES = ("wecom", "exchange", "zoom", "pbx", "app", "web", "live", "pos")
 # A quiet customer is quiet for QUIET_WINDOWS silence windows of every
 # PERIOD_WINDOWS: long enough for its silence to fire, whatever the phase.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -96,16 +97,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="raise the rate by --ramp-factor each step from --start-rate until "
         "the end-to-end p99 passes --p99-bound; report the highest rate held",
     )
-    add("--start-rate", type=_positive_float, default=2000.0, metavar="EVENTS_PER_S")
-    add("--ramp-factor", type=float, default=1.5, metavar="F")
-    add("--max-steps", type=_positive_int, default=12, metavar="N")
+    add(
+        "--start-rate",
+        type=_positive_float,
+        default=2000.0,
+        metavar="EVENTS_PER_S",
+        help="the ramp's first rate (default 2000)",
+    )
+    add(
+        "--ramp-factor",
+        type=float,
+        default=1.5,
+        metavar="F",
+        help="each ramp step's rate over the last, above 1 (default 1.5)",
+    )
+    add(
+        "--max-steps",
+        type=_positive_int,
+        default=12,
+        metavar="N",
+        help="ramp steps at most (default 12)",
+    )
     add(
         "--p99-bound",
         default="100ms",
         metavar="DURATION",
         help="the end-to-end p99 a ramp step must stay under (default 100ms)",
     )
-    add("--customers", type=_positive_int, default=20_000, metavar="N")
+    add(
+        "--customers",
+        type=_positive_int,
+        default=20_000,
+        metavar="N",
+        help="customers in the traffic (default 20000)",
+    )
     add(
         "--zipf",
         type=float,
@@ -129,12 +154,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--channel-mix",
-        type=parse_mix,
+        type=_channel_mix,
         metavar="CHANNEL=WEIGHT,...",
         help="the channels' weights (default wechat=25,email=15,meeting=5,"
         "phone=10,app=15,web=15,livestream=5,store=10)",
     )
-    add("--batch-size", type=_positive_int, default=500, metavar="EVENTS")
+    add(
+        "--batch-size",
+        type=_positive_int,
+        default=500,
+        metavar="EVENTS",
+        help="events per PublishBatch request (default 500)",
+    )
     add(
         "--connections",
         type=_positive_int,
@@ -149,14 +180,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BATCHES",
         help="requests waiting at once; a batch due beyond it is dropped",
     )
-    add("--seed", type=int, default=1)
+    add("--seed", type=int, default=1, help="the same seed makes the same traffic")
     add(
         "--silence-window",
         default="10s",
         metavar="DURATION",
         help="the server's silence window (default 10s)",
     )
-    add("--allowed-lateness", default="2s", metavar="DURATION")
+    add(
+        "--allowed-lateness",
+        default="2s",
+        metavar="DURATION",
+        help="the server's clock.allowed_lateness (default 2s)",
+    )
     add(
         "--poll-interval",
         default="50ms",
@@ -202,15 +238,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+MAX_RATE = 10_000_000.0
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        msg = f"expected a number above 0 - got {text!r}"
+    if not 0 < value <= MAX_RATE:
+        msg = f"expected a number above 0 and at most {MAX_RATE:,.0f} - got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _channel_mix(text: str) -> dict[str, float]:
+    try:
+        return parse_mix(text)
+    except ValueError as ex:
+        raise argparse.ArgumentTypeError(str(ex)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -237,6 +283,18 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
             raise UsageError(msg)
     if args.data is not None and args.data.exists():
         msg = f"--data {args.data} exists; expected a new folder"
+        raise UsageError(msg)
+    if not math.isfinite(args.zipf) or args.zipf < 0:
+        msg = f"--zipf: expected a finite exponent of 0 or more - got {args.zipf}"
+        raise UsageError(msg)
+    if args.ramp and not (math.isfinite(args.ramp_factor) and args.ramp_factor > 1):
+        msg = f"--ramp-factor: expected a number above 1 - got {args.ramp_factor}"
+        raise UsageError(msg)
+    if args.ramp and args.steps:
+        msg = "--ramp and --steps each set the rates: give one of them"
+        raise UsageError(msg)
+    if args.out.exists() and not args.out.is_dir():
+        msg = f"--out {args.out} is a file; expected a folder (made if missing)"
         raise UsageError(msg)
     if args.scenario == "restart-redis" and not args.redis:
         msg = "--scenario restart-redis needs --redis"
@@ -278,7 +336,27 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         raise UsageError(msg)
     fault_at_s = None
     if args.fault_at is not None:
+        if args.scenario not in ("kill-engine", "restart-redis"):
+            msg = "--fault-at needs --scenario kill-engine or restart-redis"
+            raise UsageError(msg)
         fault_at_s = _duration_s(args.fault_at, "--fault-at")
+        if not fault_at_s < duration_s:
+            msg = (
+                f"--fault-at {args.fault_at} is not within the run "
+                f"({duration_s:g} s); expected less"
+            )
+            raise UsageError(msg)
+    silence_ms = int(_duration_s(args.silence_window, "--silence-window") * 1000)
+    poll_ms = int(_duration_s(args.poll_interval, "--poll-interval") * 1000)
+    bound_ms = _duration_s(args.p99_bound, "--p99-bound") * 1000
+    for flag, value in (
+        ("--silence-window", silence_ms),
+        ("--poll-interval", poll_ms),
+        ("--p99-bound", bound_ms),
+    ):
+        if not value > 0:
+            msg = f"{flag}: expected more than 0s"
+            raise UsageError(msg)
     return LoadOptions(
         rate=args.rate,
         duration_s=duration_s,
@@ -289,10 +367,10 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         scenario=args.scenario,
         fault_at_s=fault_at_s,
         redis=args.redis,
-        poll_interval_ms=int(_duration_s(args.poll_interval, "--poll-interval") * 1000),
+        poll_interval_ms=poll_ms,
         steps=steps,
         ramp=args.ramp,
-        p99_bound_ms=_duration_s(args.p99_bound, "--p99-bound") * 1000,
+        p99_bound_ms=bound_ms,
         out=args.out,
         data=args.data,
         drain_timeout_s=_duration_s(args.drain_timeout, "--drain-timeout"),

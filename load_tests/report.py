@@ -447,10 +447,11 @@ def _title(body: dict[str, Any]) -> str:
     rate = body["rate"]
     e2e = body["latency_ms"]["end_to_end"]
     ack = body["latency_ms"]["ack"]
+    scenario = body["options"]["scenario"]
     return (
         f"target {rate['target']:.0f} ev/s, achieved {rate['achieved']:.0f}; "
         f"ack p99 {ack['p99']} ms; end-to-end p99 {e2e['p99']} ms"
-        f" ({body['options']['scenario']})"
+        + (f"; fault: {scenario}" if scenario != "none" else "")
     )
 
 
@@ -476,6 +477,13 @@ def summary(result: LoadResult) -> str:
         f"{deliveries['expected_returns']} returns expected, "
         f"{deliveries['lost']} lost, duplicated {deliveries['duplicated']}"
     )
+    if not deliveries["expected_returns"]:
+        window_s = result.options.traffic.silence_window_ms / 1000
+        lines.append(
+            "no returns expected, so lost says nothing: quiet customers come "
+            f"back after two silence windows; run longer than {2 * window_s:g} s "
+            "(or shorten --silence-window)"
+        )
     if not deliveries["drained"]:
         lines.append(
             "not drained: the engine had not decided everything sent within "

@@ -143,6 +143,12 @@ def _run_against(server: LoadServer, options: LoadOptions) -> LoadResult:
 
     generated = uvloop.run(drive())
     go_on.set()
+    if options.scenario == "slow-subscriber":
+        # The second subscriber stopped reading after 100 interventions and
+        # reads on from now.
+        faults.append(
+            {"kind": "slow-subscriber", "at_s": time.time(), "stalled_after": 100}
+        )
     # Every sentinel has been silent since the start: its return must end a
     # silence, which needs the silence window (and lateness) to have passed.
     ready_s = (

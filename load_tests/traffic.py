@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import random
 import zlib
 from collections.abc import Mapping
@@ -58,9 +59,12 @@ def parse_mix(text: str) -> dict[str, float]:
             value = float(weight)
         except ValueError:
             value = -1.0
-        if not value >= 0:
-            msg = f"expected a weight of 0 or more for {name} - got {weight!r}"
+        if not 0 <= value < math.inf:
+            msg = f"expected a finite weight of 0 or more for {name} - got {weight!r}"
             raise ValueError(msg) from None
+        if name in mix:
+            msg = f"expected each channel once - got {name} twice"
+            raise ValueError(msg)
         mix[name] = value
     if not sum(mix.values()) > 0:
         msg = "expected at least one channel with a weight above 0"

@@ -294,3 +294,31 @@ def test_a_redis_restart_during_a_run_fails_no_request_and_repeats_nothing(
     # that gap fires after the return that should end it, and such returns
     # count as lost here (0 to a few in 30). Lost is not asserted until the
     # partitions are read in append-time step.
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "inf"], "--rate"),
+        (["--rate", "0"], "--rate"),
+        (["--channel-mix", "wechat=inf"], "finite weight"),
+        (["--channel-mix", "fax=1"], "expected CHANNEL=WEIGHT"),
+        (["--channel-mix", "wechat=1,wechat=2"], "each channel once"),
+        (["--silence-window", "0s"], "--silence-window"),
+        (["--poll-interval", "0s"], "--poll-interval"),
+        (["--zipf", "nan"], "--zipf"),
+        (["--ramp", "--ramp-factor", "1"], "--ramp-factor"),
+        (["--ramp", "--steps", "100,200"], "--ramp and --steps"),
+        (["--scenario", "kill-engine", "--fault-at", "10s", "--duration", "3s"],
+         "--fault-at"),
+        (["--fault-at", "1s"], "--fault-at needs"),
+        (["--quiet-share", "2"], "--quiet-share"),
+        (["--scenario", "restart-redis"], "needs --redis"),
+    ],
+)  # fmt: skip
+def test_a_bad_option_is_refused_in_one_line_before_anything_starts(
+    args: list[str], message: str
+) -> None:
+    done = touchstream("load", *args, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

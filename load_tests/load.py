@@ -385,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
     from load_tests.runner import run_load
 
     result = run_load(options)
-    paths = report.write(result, options.out)
-    print(report.summary(result))
+    body = report.build(result)
+    paths = report.write(result, body, options.out)
+    print(report.summary(result, body))
     print(f"report: {paths[0]}  picture: {paths[1]}")
     return 0

@@ -314,8 +314,8 @@ def _resources(samples: list[Any]) -> dict[str, Any]:
     return figures
 
 
-def write(result: LoadResult, out: Path) -> tuple[Path, Path]:
-    body = build(result)
+def write(result: LoadResult, body: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Write `body` (:func:`build`) as report.json and its picture."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "report.json"
     json_path.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
@@ -455,8 +455,7 @@ def _title(body: dict[str, Any]) -> str:
     )
 
 
-def summary(result: LoadResult) -> str:
-    body = build(result)
+def summary(result: LoadResult, body: dict[str, Any]) -> str:
     rate = body["rate"]
     requests = body["requests"]
     lines = [

@@ -191,8 +191,6 @@ class Traffic:
                 direction = self.directions[pick] or rng.choice(("inbound", "outbound"))
                 if kind == "nps":
                     amount = f',"score":{rng.randrange(11)}'
-            if direction == "inbound":
-                self.had_inbound[rank] = 1
             lines.append(
                 self._line(event_id, rank, channel, kind, direction, ts_ms, amount)
             )

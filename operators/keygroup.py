@@ -216,6 +216,17 @@ class KeyGroupActor:
         self._touched: set[tuple[str, str]] = set()
         self._published_ms = NO_TIME
         self._notify_wanted_ms: int | None = None
+        # The shortest silence window: no deadline a touch sets is nearer.
+        self._shortest_window_ms = (
+            NO_TIME
+            if decisions is None
+            else min(
+                [
+                    decisions.silence_window_ms,
+                    *(rule.window_ms for rule in decisions.silence_overrides),
+                ]
+            )
+        )
         self._forget_cooldowns_at_ms = NO_TIME
         if resume_state is not None:
             self._restore(resume_state)
@@ -404,7 +415,7 @@ class KeyGroupActor:
         # Nothing pending falls due within the batch, nor can a deadline
         # its own touches set (the shortest window after the earliest).
         if (due_ms == NO_TIME or last_mark_ms <= due_ms) and (
-            last_mark_ms <= min(t.ts_ms for t in touches) + self._shortest_window_ms()
+            last_mark_ms <= min(t.ts_ms for t in touches) + self._shortest_window_ms
         ):
             self._apply_arrived(touches, sink)
             return
@@ -415,12 +426,6 @@ class KeyGroupActor:
             if due_ms != NO_TIME and mark_ms > due_ms:
                 self._move_to(mark_ms)
             self._apply_arrived([touch], sink)
-
-    def _shortest_window_ms(self) -> int:
-        decisions = self.settings.decisions
-        assert decisions is not None
-        overrides = [rule.window_ms for rule in decisions.silence_overrides]
-        return min([decisions.silence_window_ms, *overrides])
 
     def _apply_arrived(self, touches: list[Touch], sink: _Decide) -> None:
         # Arrival order: only the watermark fires deadlines.
@@ -466,22 +471,19 @@ class KeyGroupActor:
         return min(pending + publish, default=None)
 
     def on_notify(self) -> list[Report]:
-        """The wall clock moved: move the watermark with it.
-
-        A call (a wake-up, or a batch) later than the wake-up asked for by
-        over half the idle timeout means the engine itself was held up (a
-        checkpoint, a busy machine, a store it waited for), not that the
-        input went quiet: what arrived meanwhile is still to be read, so the
-        partitions count as seen now rather than idle, and their events are
-        decided, not late."""
+        """The wall clock moved: move the watermark with it (after forgiving
+        a stall, as a batch does)."""
         self._forgive_stall()
         self._move_watermark()
         return self._reports(Counts(), [])
 
     def _forgive_stall(self) -> None:
-        """Called back later than asked by over half the idle timeout (by
-        bytewax, with a batch or a wake-up): the engine was held up, so the
-        partitions count as seen now."""
+        """Called back (with a batch or a wake-up) later than the wake-up
+        asked for by over half the idle timeout: the engine itself was held
+        up (a checkpoint, a busy machine, a store it waited for), not the
+        input gone quiet. What arrived meanwhile is still to be read, so the
+        partitions count as seen now rather than idle, and their events are
+        decided, not late."""
         wanted_ms = self._notify_wanted_ms
         if wanted_ms is None:
             return

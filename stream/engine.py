@@ -38,7 +38,7 @@ from stream.engine_metrics import EngineMetrics, MeteredSink, write_port_file
 from stream.flow import build_flow, reporting
 from stream.params import ParamsBook, load_params, value_settings
 from stream.replay import ReplayOptions, actor_settings, decode_settings
-from stream.sources import RawBatch, RawRecord
+from stream.sources import CatchUp, RawBatch, RawRecord
 from stream.store import (
     CUSTOMERS_FILE,
     INGEST_FILE,
@@ -108,10 +108,7 @@ class IngestLogPartition(StatefulSourcePartition[RawBatch, int]):
         self.log = IngestLog(source.path)
         self.offset = offset
         self._idle = False
-        # Until the first read finds the end: then an empty batch says the
-        # partition caught up (it also reaches key groups resumed from a
-        # checkpoint when nothing new comes).
-        self._behind = True
+        self.catch_up = CatchUp()
 
     def next_batch(self) -> list[RawBatch]:
         stopping = self.source.stop.is_set()
@@ -119,13 +116,10 @@ class IngestLogPartition(StatefulSourcePartition[RawBatch, int]):
         self._idle = not rows
         if rows:
             self.offset = rows[-1][0]
-            records: list[RawRecord] = rows
-            self._behind = len(rows) == self.source.batch_size
-            return [RawBatch(0, records, False, behind=self._behind)]
-        if self._behind:
-            # Caught up: say so, so that idleness is timed from now.
-            self._behind = False
-            return [RawBatch(0, [], False)]
+        records: list[RawRecord] = rows
+        batches = self.catch_up.batches(0, records, self.source.batch_size)
+        if batches:
+            return batches
         if stopping:
             raise StopIteration
         return []

@@ -32,12 +32,10 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
 
 from operators.keygroup import NO_TIME, Report
 from state.routing import key_group_name
-from stream.config import parse_address
-from stream.errors import UsageError
+from stream.metrics import serve_registry
 
 log = logging.getLogger(__name__)
 
@@ -275,14 +273,8 @@ class EngineMetrics:
 
     def serve(self, address: str, flag: str) -> int:
         """Serve ``/metrics`` on HOST:PORT; return the port."""
-        host, port = parse_address(address, flag)
-        try:
-            server, _ = start_http_server(port, host, registry=self.registry)
-        except OSError as ex:
-            msg = f"cannot serve metrics on {address!r}: {ex.strerror}"
-            raise UsageError(msg) from None
-        self._http = server
-        return int(server.server_port)
+        self._http = serve_registry(self.registry, address, flag)
+        return int(self._http.server_port)
 
     def close(self) -> None:
         with self._lock:

@@ -67,11 +67,18 @@ def reporting(step: str) -> Iterator[None]:
 
 
 class DecodeStep:
-    """Decode a raw batch and split it into one share per key group."""
+    """Decode a raw batch and split it into one share per key group; with
+    `live` (the live clock), each share also carries the partition's high
+    time just before each of its touches, with which a key group moves time
+    touch by touch (operators/keygroup). The replay clock orders by event
+    time and needs none."""
 
-    def __init__(self, settings: DecodeSettings, key_groups: int) -> None:
+    def __init__(
+        self, settings: DecodeSettings, key_groups: int, live: bool = False
+    ) -> None:
         self.decoder = settings.build()
         self.key_groups = key_groups
+        self.live = live
         self.names = [key_group_name(index) for index in range(key_groups)]
 
     def __call__(self, batch: RawBatch) -> list[tuple[str, Any]]:
@@ -81,15 +88,18 @@ class DecodeStep:
     def _split(self, batch: RawBatch) -> list[tuple[str, Any]]:
         decoded = self.decoder.decode_batch(batch.records)
         shares: list[list[Any]] = [[] for _ in range(self.key_groups)]
-        # The partition's high time just before each touch: on the live clock
-        # a key group moves time with it, touch by touch (operators/keygroup).
         highs: list[list[int]] = [[] for _ in range(self.key_groups)]
-        high_ms = NO_TIME
-        for touch in decoded.touches:
-            index = key_group(touch.tenant, touch.customer_id, self.key_groups)
-            shares[index].append(touch)
-            highs[index].append(high_ms)
-            high_ms = max(high_ms, touch.ts_ms)
+        if self.live:
+            high_ms = NO_TIME
+            for touch in decoded.touches:
+                index = key_group(touch.tenant, touch.customer_id, self.key_groups)
+                shares[index].append(touch)
+                highs[index].append(high_ms)
+                high_ms = max(high_ms, touch.ts_ms)
+        else:
+            for touch in decoded.touches:
+                index = key_group(touch.tenant, touch.customer_id, self.key_groups)
+                shares[index].append(touch)
 
         items: list[tuple[str, Any]] = [
             (
@@ -317,7 +327,9 @@ def build_flow(
     key groups."""
     flow = Dataflow("touchstream_replay")
     raw = op.input("read", flow, source)
-    routed = op.flat_map("decode", raw, DecodeStep(decode, key_groups))
+    routed = op.flat_map(
+        "decode", raw, DecodeStep(decode, key_groups, live=actor.clock.live)
+    )
     split = op.branch("route", routed, lambda item: item[0] != REPORT_KEY)
 
     def build_logic(resume_state: bytes | None) -> KeyGroupLogic:

@@ -35,6 +35,18 @@ log = logging.getLogger(__name__)
 _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+def serve_registry(registry: CollectorRegistry, address: str, flag: str) -> Any:
+    """Serve a registry's ``/metrics`` on HOST:PORT (`flag` names the
+    option in errors); the HTTP server, whose ``server_port`` is the port."""
+    host, port = parse_address(address, flag)
+    try:
+        server, _ = start_http_server(port, host, registry=registry)
+    except OSError as ex:
+        msg = f"cannot serve metrics on {address!r}: {ex.strerror}"
+        raise UsageError(msg) from None
+    return server
+
+
 class ServerMetrics:
     """The server process's metrics, in a registry of their own."""
 
@@ -136,14 +148,8 @@ class ServerMetrics:
 
     def serve(self, address: str) -> int:
         """Serve ``/metrics`` on HOST:PORT; return the port."""
-        host, port = parse_address(address, "--metrics-listen")
-        try:
-            server, _ = start_http_server(port, host, registry=self.registry)
-        except OSError as ex:
-            msg = f"cannot serve metrics on {address!r}: {ex.strerror}"
-            raise UsageError(msg) from None
-        self._http = server
-        return int(server.server_port)
+        self._http = serve_registry(self.registry, address, "--metrics-listen")
+        return int(self._http.server_port)
 
     def close(self) -> None:
         if self._http is not None:

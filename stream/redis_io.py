@@ -44,7 +44,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from operators.keygroup import Counts, Report
 from state.routing import key_group
 from stream.flow import reporting
-from stream.sources import RawBatch, RawRecord
+from stream.sources import CatchUp, RawBatch, RawRecord
 from stream.store import HOUR_MS
 
 log = logging.getLogger(__name__)
@@ -188,10 +188,7 @@ class RedisIngestPartition(StatefulSourcePartition[RawBatch, str]):
         self.client: Any = source.settings.client()
         self._idle = False
         self._ended = False
-        # Until the first read finds the end: then an empty batch says the
-        # partition caught up (it also reaches key groups resumed from a
-        # checkpoint when nothing new comes).
-        self._behind = True
+        self.catch_up = CatchUp()
 
     def next_batch(self) -> list[RawBatch]:
         if self._ended:
@@ -204,18 +201,16 @@ class RedisIngestPartition(StatefulSourcePartition[RawBatch, str]):
             ),
         )
         self._idle = not entries
+        records: list[RawRecord] = []
         if entries:
             self.after = entries[-1][0].decode()
-            records: list[RawRecord] = [
+            records = [
                 (position_of(entry_id), fields.get(b"event", b""))
                 for entry_id, fields in entries
             ]
-            self._behind = len(entries) == self.source.batch_size
-            return [RawBatch(self.index, records, False, behind=self._behind)]
-        if self._behind:
-            # Caught up: say so, so that idleness is timed from now.
-            self._behind = False
-            return [RawBatch(self.index, [], False)]
+        batches = self.catch_up.batches(self.index, records, self.source.batch_size)
+        if batches:
+            return batches
         if self.source.drain or stopping:
             self._ended = True
             return [RawBatch(self.index, [], True)]

@@ -44,6 +44,30 @@ class RawBatch:
     behind: bool = False
 
 
+class CatchUp:
+    """Whether a source partition is behind: its last read filled a whole
+    batch. The first read that finds nothing after that says the partition
+    caught up, with an empty batch, so that key groups time idleness from
+    then. It starts behind, so a first empty read also reaches key groups
+    resumed from a checkpoint when nothing new comes."""
+
+    def __init__(self) -> None:
+        self.behind = True
+
+    def batches(
+        self, partition: int, records: list[RawRecord], batch_size: int
+    ) -> list[RawBatch]:
+        """What a read of `records` sends on: nothing when it found
+        nothing and has nothing to say."""
+        if records:
+            self.behind = len(records) >= batch_size
+            return [RawBatch(partition, records, False, behind=self.behind)]
+        if self.behind:
+            self.behind = False
+            return [RawBatch(partition, [], False)]
+        return []
+
+
 # Splitting files into raw records.
 
 
@@ -327,10 +351,7 @@ class FollowPartition(StatefulSourcePartition[RawBatch, int]):
         self.line_no = self.file.read(offset).count(b"\n") if offset else 0
         self.file.seek(offset)
         self._idle = False
-        # Until the first read finds the end: then an empty batch says the
-        # partition caught up (it also reaches key groups resumed from a
-        # checkpoint when nothing new comes).
-        self._behind = True
+        self.catch_up = CatchUp()
 
     def next_batch(self) -> list[RawBatch]:
         stopping = self.stop is not None and self.stop.is_set()
@@ -350,14 +371,9 @@ class FollowPartition(StatefulSourcePartition[RawBatch, int]):
             if line.strip():
                 records.append((self.line_no, line.rstrip(b"\r\n")))
         self._idle = not records
-        if records:
-            full = len(records) == self.batch_size
-            self._behind = full
-            return [RawBatch(self.index, records, False, behind=full)]
-        if self._behind:
-            # Caught up: say so, so that idleness is timed from now.
-            self._behind = False
-            return [RawBatch(self.index, [], False)]
+        batches = self.catch_up.batches(self.index, records, self.batch_size)
+        if batches:
+            return batches
         if stopping:
             self.file.close()
             raise StopIteration
